@@ -1,0 +1,361 @@
+"""Configuration: loaded once at start-up into frozen, typed objects.
+
+Every wrong key, type or value raises `ConfigError` naming the key path
+(`$.scanner.poll`) and what is allowed. Unknown keys are errors. Secrets are
+never literal: a venue names the environment variables that hold them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import typing
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from perpbot.errors import ConfigError
+
+PosFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
+PosInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+Bps = Annotated[float, msgspec.Meta(ge=0, le=1000)]
+
+Mode = Literal["demo", "replay", "paper", "readonly", "live"]
+#: Modes whose whole path exists in this build; the others are refused at start-up.
+AVAILABLE_MODES: tuple[str, ...] = ("demo", "paper")
+PollPolicy = Literal["spin", "hybrid", "sleep"]
+
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_SYMBOL_NAME = re.compile(r"^[A-Z0-9]+-PERP$")
+
+
+class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class SymbolConfig(_Frozen):
+    """A board symbol (unified name such as `BTC-PERP`) and its trading grid."""
+
+    lot_size: Decimal
+    tick_size: Decimal
+    min_notional_usd: NonNegFloat = 5.0
+
+
+class VenueConfig(_Frozen):
+    """One venue: which feed protocol it speaks, its fees and its symbol names."""
+
+    feed: str
+    #: board symbol -> the venue's own symbol, e.g. {"BTC-PERP": "BTCUSDT"}
+    symbols: dict[str, str]
+    taker_fee_bps: Bps
+    maker_fee_bps: Bps = 0.0
+    #: websocket URL override; None means the feed spec's public URL (or the demo market's)
+    url: str | None = None
+    #: names of environment variables holding credentials (never the secrets themselves)
+    api_key_env: str | None = None
+    api_secret_env: str | None = None
+
+
+class RunConfig(_Frozen):
+    #: directory for per-run sockets; None: $XDG_RUNTIME_DIR/perpbot or /tmp/perpbot-<uid>
+    run_root: str | None = None
+    #: directory for per-run journals and logs
+    data_dir: str = "perpbot-data"
+    #: stop after this many seconds; None runs until Ctrl-C, SIGTERM or `perpbot-ctl`
+    duration_s: PosFloat | None = None
+    #: how long a child may take to report ready
+    start_timeout_s: PosFloat = 20.0
+
+
+class FeedConfig(_Frozen):
+    reconnect_initial_ms: PosInt = 100
+    reconnect_max_ms: PosInt = 5000
+    #: reconnect when a connection has been silent this long
+    silent_reconnect_ms: PosInt = 5000
+    #: how often counters and the heartbeat reach the status segment
+    heartbeat_ms: PosInt = 200
+    #: at most one QUOTE_UPDATED event per symbol per interval; 0 disables them
+    quote_event_interval_ms: NonNegInt = 250
+
+
+class ScannerConfig(_Frozen):
+    #: CPU core to pin the scanner's main thread to; None leaves it unpinned
+    core: NonNegInt | None = None
+    poll: PollPolicy = "hybrid"
+    #: hybrid: keep spinning this long after the last change before sleeping
+    spin_us: NonNegInt = 2000
+    #: hybrid and sleep: length of one sleep step
+    sleep_us: PosInt = 200
+    #: a quote older than this (by its receive stamp) is ignored
+    stale_after_ms: PosInt = 1000
+    #: minimum edge, net of both taker fees, to report an opportunity
+    min_edge_bps: NonNegFloat = 1.0
+    #: the top of book on both sides must hold at least this much notional
+    min_notional_usd: NonNegFloat = 100.0
+    #: the same (symbol, buy venue, sell venue) is reported at most once per interval
+    repeat_interval_ms: NonNegInt = 100
+
+
+class ExecConfig(_Frozen):
+    #: notional to open per opportunity (capped by the book and by risk)
+    trade_notional_usd: PosFloat = 1000.0
+    #: an opportunity older than this when exec reads it is dropped, never traded
+    max_opportunity_age_ms: PosInt = 100
+    #: close both legs when the round trip's net PnL reaches this many bps of notional
+    take_profit_bps: float = 0.0
+    #: close both legs after this long regardless
+    max_hold_ms: PosInt = 2000
+    #: how often open trades are checked against the board
+    check_interval_ms: PosInt = 5
+
+
+class RiskConfig(_Frozen):
+    max_notional_per_trade_usd: PosFloat = 5000.0
+    #: absolute position per venue and symbol, in USD notional at the order price
+    max_position_notional_usd: PosFloat = 20000.0
+    #: at most this many trades open at once
+    max_open_trades: PosInt = 4
+
+
+class DemoVenueConfig(_Frozen):
+    basis_bps: float = 0.0
+    noise_bps: NonNegFloat = 0.3
+    update_hz: PosFloat = 50.0
+    half_spread_bps: PosFloat = 0.5
+    top_size_usd: PosFloat = 50000.0
+
+
+class DemoConfig(_Frozen):
+    """The built-in demo market (seeded, reproducible)."""
+
+    seed: int = 7
+    host: str = "127.0.0.1"
+    #: starting fair price per board symbol
+    prices: dict[str, PosFloat] = {}
+    #: random-walk volatility of the fair price, bps per sqrt(second)
+    volatility_bps: NonNegFloat = 20.0
+    #: expected dislocations per second across the whole market
+    dislocations_per_s: NonNegFloat = 2.0
+    #: size of a jump dislocation
+    dislocation_bps: NonNegFloat = 25.0
+    dislocation_min_ms: PosInt = 50
+    dislocation_max_ms: PosInt = 400
+    venues: dict[str, DemoVenueConfig] = {}
+
+
+class Config(_Frozen):
+    symbols: dict[str, SymbolConfig]
+    venues: dict[str, VenueConfig]
+    mode: Mode = "demo"
+    run: RunConfig = RunConfig()
+    feed: FeedConfig = FeedConfig()
+    scanner: ScannerConfig = ScannerConfig()
+    exec: ExecConfig = ExecConfig()
+    risk: RiskConfig = RiskConfig()
+    demo: DemoConfig = DemoConfig()
+
+    @property
+    def venue_names(self) -> tuple[str, ...]:
+        return tuple(self.venues)
+
+    @property
+    def symbol_names(self) -> tuple[str, ...]:
+        return tuple(self.symbols)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, type-check and validate a YAML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError("$", f"cannot read config file {p}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError("$", f"{p} is not valid YAML: {e}") from None
+    return parse_config(raw)
+
+
+def parse_config(raw: Any) -> Config:
+    """Turn already-parsed YAML into a validated `Config`."""
+    if not isinstance(raw, dict):
+        raise ConfigError("$", "expected a mapping at the top level")
+    try:
+        cfg = msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as e:
+        raise _explain(str(e), raw) from None
+    _validate(cfg)
+    return cfg
+
+
+def _explain(msg: str, raw: Any) -> ConfigError:
+    """Rewrite a msgspec message so it names the key path and what is allowed."""
+    m = re.search(r" - at `(\$[^`]*)`$", msg)
+    path = _name_dict_keys(m.group(1), raw) if m else "$"
+    problem = msg[: m.start()] if m else msg
+    typ = _type_at(path)
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", problem)
+    if unknown:
+        fields = _fields_of(typ)
+        path = f"{path}.{unknown.group(1)}"
+        problem = "unknown key" + (f"; allowed keys: {', '.join(fields)}" if fields else "")
+    elif problem.startswith("Object missing required field"):
+        field = re.search(r"`([^`]+)`", problem)
+        if field:
+            path = f"{path}.{field.group(1)}"
+        problem = "required key is missing"
+    else:
+        allowed = _literal_values(typ)
+        if allowed:
+            problem += f"; allowed values: {', '.join(allowed)}"
+    return ConfigError(path, problem)
+
+
+def _name_dict_keys(path: str, raw: Any) -> str:
+    """msgspec writes `[...]` for a mapping key; find which key's value fails and name it."""
+    out = "$"
+    typ: Any = Config
+    node = raw
+    for part in re.findall(r"\.[^.\[]+|\[[^\]]*\]", path):
+        typ = _unwrap(typ)
+        if part == "[...]" and isinstance(node, dict) and typing.get_origin(typ) is dict:
+            vtyp = typing.get_args(typ)[1]
+            bad = next((k for k, v in node.items() if not _converts(v, vtyp)), None)
+            if bad is None:
+                return path
+            out += f".{bad}"
+            node, typ = node[bad], vtyp
+        elif part.startswith(".") and isinstance(typ, type) and issubclass(typ, msgspec.Struct):
+            key = part[1:]
+            out += part
+            node = node.get(key) if isinstance(node, dict) else None
+            typ = typing.get_type_hints(typ, include_extras=True).get(key)
+        else:
+            return out + path[len(out):] if path.startswith(out) else path
+    return out
+
+
+def _converts(value: Any, typ: Any) -> bool:
+    try:
+        msgspec.convert(value, typ, strict=False)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def _type_at(path: str) -> Any:
+    """Walk the Config type along a `$.a.b[0]` path; None where it cannot follow."""
+    typ: Any = Config
+    for part in re.findall(r"\.([^.\[]+)|\[[^\]]*\]", path):
+        typ = _unwrap(typ)
+        if typing.get_origin(typ) is dict and part and not (
+            isinstance(typ, type) and issubclass(typ, msgspec.Struct)
+        ):
+            typ = typing.get_args(typ)[1]  # a named mapping key
+            continue
+        if isinstance(typ, type) and issubclass(typ, msgspec.Struct):
+            hints = typing.get_type_hints(typ, include_extras=True)
+            typ = hints.get(part) if part else None
+        elif typing.get_origin(typ) is dict:
+            typ = typing.get_args(typ)[1]
+        else:
+            return None
+    return _unwrap(typ)
+
+
+def _unwrap(typ: Any) -> Any:
+    while True:
+        origin = typing.get_origin(typ)
+        if origin is Annotated:
+            typ = typing.get_args(typ)[0]
+        elif origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            args = [a for a in typing.get_args(typ) if a is not type(None)]
+            if len(args) != 1:
+                return typ
+            typ = args[0]
+        else:
+            return typ
+
+
+def _fields_of(typ: Any) -> tuple[str, ...]:
+    if isinstance(typ, type) and issubclass(typ, msgspec.Struct):
+        return typ.__struct_fields__
+    return ()
+
+
+def _literal_values(typ: Any) -> tuple[str, ...]:
+    if typing.get_origin(typ) is Literal:
+        return tuple(str(v) for v in typing.get_args(typ))
+    return ()
+
+
+def _validate(cfg: Config) -> None:
+    """Cross-field checks msgspec cannot express."""
+    from perpbot.feeds.registry import FEEDS
+
+    if cfg.mode not in AVAILABLE_MODES:
+        raise ConfigError(
+            "$.mode",
+            f"mode {cfg.mode!r} is not available in this build; allowed: {', '.join(AVAILABLE_MODES)}",
+        )
+    if not cfg.symbols:
+        raise ConfigError("$.symbols", "at least one symbol is required")
+    if len(cfg.venues) < 2:
+        raise ConfigError("$.venues", "at least two venues are required to arbitrage")
+    for name, s in cfg.symbols.items():
+        if not _SYMBOL_NAME.match(name):
+            raise ConfigError(f"$.symbols.{name}", "symbol names look like BTC-PERP (upper case, -PERP)")
+        for key in ("lot_size", "tick_size"):
+            v: Decimal = getattr(s, key)
+            if not v.is_finite() or v <= 0:
+                raise ConfigError(f"$.symbols.{name}.{key}", f"must be a positive number, got {v}")
+    for vname, v in cfg.venues.items():
+        base = f"$.venues.{vname}"
+        if not re.match(r"^[a-z0-9_]{1,15}$", vname):
+            raise ConfigError(base, "venue names are 1-15 characters of a-z, 0-9 and _")
+        if v.feed not in FEEDS:
+            raise ConfigError(f"{base}.feed", f"unknown feed {v.feed!r}; allowed: {', '.join(sorted(FEEDS))}")
+        if not v.symbols:
+            raise ConfigError(f"{base}.symbols", "at least one symbol is required")
+        for sym in v.symbols:
+            if sym not in cfg.symbols:
+                raise ConfigError(
+                    f"{base}.symbols.{sym}",
+                    f"unknown symbol; allowed (from $.symbols): {', '.join(cfg.symbols)}",
+                )
+        for key in ("api_key_env", "api_secret_env"):
+            env = getattr(v, key)
+            if env is not None and not _ENV_NAME.match(env):
+                raise ConfigError(
+                    f"{base}.{key}",
+                    "must be the NAME of an environment variable (A-Z, 0-9, _), never the secret itself",
+                )
+        if v.url is not None and not re.match(r"^wss?://", v.url):
+            raise ConfigError(f"{base}.url", "must start with ws:// or wss://")
+    if cfg.scanner.core is not None:
+        ncpu = os.cpu_count() or 1
+        if cfg.scanner.core >= ncpu:
+            raise ConfigError("$.scanner.core", f"this machine has cores 0..{ncpu - 1}; got {cfg.scanner.core}")
+    if cfg.feed.reconnect_max_ms < cfg.feed.reconnect_initial_ms:
+        raise ConfigError("$.feed.reconnect_max_ms", "must be >= $.feed.reconnect_initial_ms")
+    if cfg.risk.max_notional_per_trade_usd < cfg.exec.trade_notional_usd:
+        raise ConfigError(
+            "$.exec.trade_notional_usd", "must not exceed $.risk.max_notional_per_trade_usd"
+        )
+    if cfg.mode == "demo":
+        for sym in cfg.symbols:
+            if sym not in cfg.demo.prices:
+                raise ConfigError(f"$.demo.prices.{sym}", "demo mode needs a starting price for every symbol")
+        for vname in cfg.demo.venues:
+            if vname not in cfg.venues:
+                raise ConfigError(
+                    f"$.demo.venues.{vname}", f"unknown venue; allowed: {', '.join(cfg.venues)}"
+                )
+        if cfg.demo.dislocation_max_ms < cfg.demo.dislocation_min_ms:
+            raise ConfigError("$.demo.dislocation_max_ms", "must be >= $.demo.dislocation_min_ms")

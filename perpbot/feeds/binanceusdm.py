@@ -1,0 +1,76 @@
+"""Binance USDⓈ-M futures: `<symbol>@bookTicker` on the routed `/public` path.
+
+Sample (combined stream)::
+
+    {"stream":"btcusdt@bookTicker","data":{"e":"bookTicker","u":400900217,
+     "E":1568014460893,"T":1568014460891,"s":"BTCUSDT","b":"25.35190000",
+     "B":"31.21000000","a":"25.36520000","A":"40.66000000"}}
+
+Sizes are base units. `T` (transaction time, ms) is the exchange stamp, `E`
+when `T` is absent. Since 2026 bookTicker lives under `/public/...`; the old
+root path fails silently, so the URL is fixed here and nowhere else.
+Subscribe acks are `{"result":null,"id":N}`; errors carry `"error"`.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import orjson
+
+from perpbot.feeds.spec import BBO, FeedSpec, ParseError, Parser, check_quote
+
+_MS = 1_000_000
+_MAX_MS = 10**13  # year 2286: anything later is garbage and would overflow int64 ns
+
+
+def subscribe(symbols: Sequence[str]) -> list[bytes]:
+    # Binance allows 10 messages/s per connection; one frame carries every stream
+    params = [f"{s.lower()}@bookTicker" for s in symbols]
+    return [orjson.dumps({"method": "SUBSCRIBE", "params": params, "id": 1})]
+
+
+def parse(frame: bytes) -> list[BBO]:
+    try:
+        msg = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise ParseError("not_json", frame[:60].decode(errors="replace")) from None
+    if type(msg) is not dict:
+        raise ParseError("unexpected_shape", "top level is not an object")
+    data = msg.get("data", msg)
+    if type(data) is not dict:
+        raise ParseError("unexpected_shape", "data is not an object")
+    if data.get("e") != "bookTicker":
+        if "error" in msg:
+            raise ParseError("error_reply", str(msg["error"])[:80])
+        if "result" in msg or "e" in data:
+            return []  # subscribe ack or another stream on the same connection
+        raise ParseError("unexpected_shape", "no event type")
+    try:
+        sym = data["s"]
+        bid = float(data["b"])
+        ask = float(data["a"])
+        bsz = float(data["B"])
+        asz = float(data["A"])
+        ts = data.get("T") or data["E"]
+    except KeyError as e:
+        raise ParseError("missing_field", str(e)) from None
+    except (TypeError, ValueError) as e:
+        raise ParseError("bad_number", str(e)[:60]) from None
+    if type(sym) is not str or type(ts) is not int or not 0 < ts < _MAX_MS:
+        raise ParseError("bad_field", "symbol or timestamp")
+    check_quote(bid, ask, bsz, asz)
+    return [BBO(sym, bid, ask, bsz, asz, ts * _MS)]
+
+
+def make_parser(contract_sizes: Mapping[str, float]) -> Parser:
+    return parse  # USDⓈ-M linear contracts are quoted in base units
+
+
+SPEC = FeedSpec(
+    name="binanceusdm",
+    public_url="wss://fstream.binance.com/public/stream",
+    demo_path="/public/stream",
+    subscribe=subscribe,
+    make_parser=make_parser,
+)
