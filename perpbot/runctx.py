@@ -56,6 +56,18 @@ class RunContext:
         return self.data_dir / "journal.sqlite"
 
 
+def default_run_root() -> Path:
+    """Per-user directory for run directories (sockets): never shared with other users."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return Path(xdg) / "perpbot"
+    return Path(f"/tmp/perpbot-{os.getuid()}")
+
+
+def run_root(cfg: Config) -> Path:
+    return Path(cfg.run.run_root) if cfg.run.run_root else default_run_root()
+
+
 def write_run_file(run_dir: Path, run_id: str, data_dir: Path, urls: dict[str, str]) -> None:
     tmp = run_dir / (RUN_FILE + ".tmp")
     tmp.write_bytes(orjson.dumps({"run_id": run_id, "data_dir": str(data_dir), "urls": urls}))

@@ -1,0 +1,123 @@
+"""perpbot-ctl: talk to a running PerpBot over its control socket.
+
+    perpbot-ctl [--run RUN_ID] [--config FILE] [--json] status
+    perpbot-ctl kill | pause | resume
+
+Finds the run in the per-user run root (the config's `run.run_root`, or the
+default); with one live run `--run` is optional. Exits non-zero when the run
+cannot be reached or the command is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from perpbot import bus
+from perpbot.config import load_config
+from perpbot.errors import ConfigError
+from perpbot.runctx import RUN_FILE, default_run_root, run_root
+
+PID_FILE = "launcher.pid"
+
+
+def live_runs(root: Path) -> list[Path]:
+    out = []
+    if not root.is_dir():
+        return out
+    for d in sorted(root.iterdir()):
+        try:
+            pid = int((d / PID_FILE).read_text())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            continue
+        if (d / RUN_FILE).exists():
+            out.append(d)
+    return out
+
+
+def find_run(root: Path, run_id: str | None) -> Path:
+    runs = live_runs(root)
+    if run_id is not None:
+        for d in runs:
+            if d.name == run_id:
+                return d
+        raise LookupError(f"no live run {run_id!r} in {root}")
+    if not runs:
+        raise LookupError(f"no live PerpBot run in {root}")
+    if len(runs) > 1:
+        raise LookupError("several live runs; pick one with --run: " + ", ".join(d.name for d in runs))
+    return runs[0]
+
+
+def format_status(r: dict[str, Any]) -> str:
+    lines = [f"run {r['run_id']}  trading: {r['trading_state']}", "", "process          state      pid      heartbeat age"]
+    for name, p in r["processes"].items():
+        lines.append(f"  {name:<15}{p['state']:<11}{p['pid']:<9}{p['heartbeat_age_ms']:>8.1f} ms")
+    lines += ["", "venue          feed        quotes   errors  reconnects  last quote"]
+    for v, f in r["feeds"].items():
+        age = "-" if f["last_quote_age_ms"] is None else f"{f['last_quote_age_ms']:.0f} ms ago"
+        lines.append(f"  {v:<13}{f['state']:<11}{f['quotes']:>8}{f['parse_errors']:>9}{f['reconnects']:>12}  {age}")
+    sc, ex = r["scanner"], r["exec"]
+    lines += [
+        "",
+        f"scanner: passes {sc.get('passes', 0)}, opportunities {sc.get('opportunities', 0)}, "
+        f"stale skips {sc.get('stale_skips', 0)}, repeats suppressed {sc.get('repeats_suppressed', 0)}",
+        f"exec: opportunities {ex.get('opps_received', 0)} (too old {ex.get('opps_too_old', 0)}), "
+        f"orders checked {ex.get('orders_checked', 0)} / sent {ex.get('orders_sent', 0)}, "
+        f"fills {ex.get('fills', 0)}, trades opened {ex.get('trades_opened', 0)} closed {ex.get('trades_closed', 0)}",
+    ]
+    if r["positions"]:
+        lines.append(f"positions: {r['positions']}")
+    lines.append("")
+    lines.append("latency (us)            count      p50      p99")
+    for hop, h in r["latency"].items():
+        if h["count"]:
+            lines.append(f"  {hop:<20}{h['count']:>8}{h['p50_us']:>9}{h['p99_us']:>9}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="perpbot-ctl", description="Control a running PerpBot.")
+    p.add_argument("--run", help="run id (default: the only live run)")
+    p.add_argument("--config", type=Path, help="config file, to find a non-default run_root")
+    p.add_argument("--json", action="store_true", help="print the raw JSON reply")
+    p.add_argument("--timeout-ms", type=int, default=5000, help="how long to wait for a reply, ms")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="processes, feeds, counters, positions, latency")
+    sub.add_parser("kill", help="halt trading now: no new order of any kind")
+    sub.add_parser("pause", help="stop opening new positions")
+    sub.add_parser("resume", help="resume after pause (not after kill)")
+    args = p.parse_args(argv)
+    try:
+        root = run_root(load_config(args.config)) if args.config else default_run_root()
+        run_dir = find_run(root, args.run)
+        reply = bus.control_request(bus.endpoints(run_dir), args.command, timeout_ms=args.timeout_ms)
+    except ConfigError as e:
+        print(f"perpbot-ctl: {e}", file=sys.stderr)
+        return 2
+    except (LookupError, TimeoutError) as e:
+        print(f"perpbot-ctl: {e}", file=sys.stderr)
+        return 3
+    if not reply.get("ok"):
+        print(f"perpbot-ctl: {args.command} refused: {reply.get('error')}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
+    elif args.command == "status":
+        print(format_status(reply))
+    elif args.command == "kill":
+        print(f"halted: no new orders (flag set {reply['command_to_halt_us']:.1f} us after the launcher "
+              f"received the command)")
+    else:
+        print(reply.get("state", "ok"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

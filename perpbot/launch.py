@@ -1,0 +1,364 @@
+"""perpbot-launch: create a run's segments and sockets, start every process, stop them all.
+
+    perpbot-launch --config config.yaml [--duration SECONDS]
+
+Start order: demo market (demo mode), exec (binds the opportunity socket),
+feeds, scanner; each must report RUNNING in the status segment before the next
+starts (the ready handshake). Ctrl-C, SIGTERM, `--duration` or a crashed child
+stop everything in reverse order; the segments and the run directory are
+removed at exit whatever happened. A summary is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+import zmq
+
+from perpbot import bus
+from perpbot.clock import now_ns
+from perpbot.config import Config, load_config
+from perpbot.errors import ConfigError, LayoutError, PerpBotError
+from perpbot.runctx import CONFIG_COPY, RUN_FILE, run_root, write_run_file
+from perpbot.shm import QuoteBoard, StatusBoard
+from perpbot.shm.layout import ProcState, Role, TradingState, segment_names
+from perpbot.shm.segment import find_stale_segments, remove_segment
+from perpbot.summary import format_summary, run_summary, status_report
+
+log = logging.getLogger("perpbot.launch")
+
+LAUNCHER_SLOT = 0
+STOP_TIMEOUT_S = 8.0
+PID_FILE = "launcher.pid"
+
+
+@dataclass
+class Child:
+    name: str
+    module: str
+    slot: int
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    log_file: TextIO | None = None
+
+
+class Launcher:
+    def __init__(self, cfg: Config, config_path: Path, out: TextIO = sys.stdout) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.out = out
+        self.run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+        self.run_dir = run_root(cfg) / self.run_id
+        self.data_dir = Path(cfg.run.data_dir) / self.run_id
+        self.children: list[Child] = []
+        self.board: QuoteBoard | None = None
+        self.status: StatusBoard | None = None
+        self.zctx: zmq.Context[Any] | None = None
+        self.sockets: dict[str, zmq.Socket[Any]] = {}
+        self.stop_reason: str | None = None
+        self.failed: str | None = None
+        self.urls: dict[str, str] = {}
+
+    # -- set-up -------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        _remove_stale_runs(self.run_dir.parent)
+        self.run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.run_dir.parent, 0o700)
+        self.run_dir.mkdir(mode=0o700)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / PID_FILE).write_text(str(os.getpid()))
+        shutil.copyfile(self.config_path, self.run_dir / CONFIG_COPY)
+        write_run_file(self.run_dir, self.run_id, self.data_dir.resolve(), {})
+        bname, sname = segment_names(self.run_id)
+        cfg = self.cfg
+        self.board = QuoteBoard.create(bname, cfg.venue_names, cfg.symbol_names)
+        self.status = StatusBoard.create(sname, cfg.venue_names, cfg.symbol_names)
+        self.status.glob["launcher_pid"] = os.getpid()
+        self.status.register_proc(LAUNCHER_SLOT, "launcher", Role.LAUNCHER, os.getpid())
+        self.status.set_trading_state(TradingState.RUNNING)
+        ep = bus.endpoints(self.run_dir)
+        self.zctx = zmq.Context()
+        ctl = bus.socket(self.zctx, zmq.ROUTER)
+        ctl.bind(ep.control)
+        xsub = bus.socket(self.zctx, zmq.XSUB, bus.EVENT_HWM)
+        xsub.bind(ep.events_in)
+        xpub = bus.socket(self.zctx, zmq.XPUB, bus.EVENT_HWM)
+        xpub.bind(ep.events)
+        self.sockets = {"control": ctl, "xsub": xsub, "xpub": xpub}
+
+    def start_children(self) -> None:
+        cfg = self.cfg
+        slot = LAUNCHER_SLOT + 1
+        if cfg.mode == "demo":
+            market = Child("market", "perpbot.sim.process", slot)
+            slot += 1
+            self._spawn(market)
+            self._wait_ready([market])
+            self.urls = orjson.loads((self.run_dir / "market.json").read_bytes())["urls"]
+            write_run_file(self.run_dir, self.run_id, self.data_dir.resolve(), self.urls)
+        exec_ = Child("exec", "perpbot.exec.process", slot)
+        slot += 1
+        self._spawn(exec_)
+        self._wait_ready([exec_])
+        feeds = []
+        for venue in cfg.venue_names:
+            feeds.append(Child(f"feed-{venue}", "perpbot.feeds.process", slot, ["--venue", venue]))
+            slot += 1
+        for f in feeds:
+            self._spawn(f)
+        self._wait_ready(feeds)
+        scanner = Child("scanner", "perpbot.scanner.process", slot)
+        self._spawn(scanner)
+        self._wait_ready([scanner])
+
+    def _spawn(self, c: Child) -> None:
+        c.log_path = self.data_dir / f"{c.name}.log"
+        c.log_file = open(c.log_path, "w")
+        cmd = [sys.executable, "-m", c.module, "--run-dir", str(self.run_dir), "--slot", str(c.slot), *c.args]
+        c.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=c.log_file, stderr=subprocess.STDOUT)
+        self.children.append(c)
+
+    def _wait_ready(self, children: list[Child]) -> None:
+        assert self.status is not None
+        deadline = time.monotonic() + self.cfg.run.start_timeout_s
+        pending = list(children)
+        while pending:
+            for c in list(pending):
+                assert c.proc is not None
+                if c.proc.poll() is not None:
+                    raise ChildFailed(c, f"exited with code {c.proc.returncode} while starting")
+                if self.status.procs[c.slot]["state"] == ProcState.RUNNING:
+                    pending.remove(c)
+            if self.stop_reason:
+                raise Interrupted(self.stop_reason)
+            if time.monotonic() > deadline:
+                raise ChildFailed(pending[0], f"not ready within {self.cfg.run.start_timeout_s:g} s")
+            self._pump(20)
+
+    # -- running ------------------------------------------------------------------
+
+    def serve(self, duration_s: float | None) -> None:
+        deadline = time.monotonic() + duration_s if duration_s else None
+        next_line = time.monotonic() + 5.0
+        while not self.stop_reason:
+            self._pump(100)
+            for c in self.children:
+                assert c.proc is not None
+                if c.proc.poll() is not None:
+                    raise ChildFailed(c, f"exited unexpectedly with code {c.proc.returncode}")
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self.stop_reason = f"duration of {duration_s:g} s reached"
+            if now >= next_line:
+                next_line = now + 5.0
+                self._progress_line()
+            assert self.status is not None
+            self.status.heartbeat(LAUNCHER_SLOT)
+
+    def _pump(self, timeout_ms: int) -> None:
+        """Wait on the control socket and the event forwarder for up to timeout_ms."""
+        s = self.sockets
+        poller = zmq.Poller()
+        for sock in s.values():
+            poller.register(sock, zmq.POLLIN)
+        for sock, _ in poller.poll(timeout_ms):
+            if sock is s["xsub"]:
+                while True:
+                    try:
+                        s["xpub"].send_multipart(s["xsub"].recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            elif sock is s["xpub"]:
+                while True:  # subscriptions travel upstream to the publishers
+                    try:
+                        s["xsub"].send_multipart(s["xpub"].recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            elif sock is s["control"]:
+                self._control(sock)
+
+    def _control(self, sock: zmq.Socket[Any]) -> None:
+        frames = sock.recv_multipart()
+        ident, body = frames[0], frames[-1]
+        t_recv = now_ns()
+        try:
+            req = orjson.loads(body)
+            reply = self.handle_command(str(req.get("cmd")), req.get("args") or {}, t_recv)
+        except orjson.JSONDecodeError:
+            reply = {"ok": False, "error": "request is not JSON"}
+        sock.send_multipart([ident, b"", orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY)])
+
+    def handle_command(self, cmd: str, args: dict[str, Any], t_recv: int) -> dict[str, Any]:
+        st = self.status
+        assert st is not None
+        if cmd == "status":
+            return {"ok": True, **status_report(st, self.run_id, [(c.name, c.slot) for c in self.children])}
+        if cmd == "kill":
+            halt_ns = st.set_halt()
+            self.out.write(f"KILL received: trading halted ({(halt_ns - t_recv) / 1000:.1f} us after the command)\n")
+            self.out.flush()
+            return {"ok": True, "state": "HALTED", "halt_ns": halt_ns, "command_to_halt_us": (halt_ns - t_recv) / 1000}
+        if cmd == "pause":
+            if st.halted():
+                return {"ok": False, "error": "trading is halted; restart the run to trade again"}
+            st.set_trading_state(TradingState.PAUSED)
+            return {"ok": True, "state": "PAUSED"}
+        if cmd == "resume":
+            if st.halted():
+                return {"ok": False, "error": "trading is halted by kill; restart the run to trade again"}
+            st.set_trading_state(TradingState.RUNNING)
+            return {"ok": True, "state": "RUNNING"}
+        if cmd in bus.CONTROL_COMMANDS:
+            return {"ok": False, "error": f"{cmd!r} is not available in this build"}
+        return {"ok": False, "error": f"unknown command {cmd!r}; allowed: {', '.join(bus.CONTROL_COMMANDS)}"}
+
+    def _progress_line(self) -> None:
+        assert self.status is not None
+        r = status_report(self.status, self.run_id, [(c.name, c.slot) for c in self.children])
+        quotes = sum(v["quotes"] for v in r["feeds"].values())
+        ex = r["exec"]
+        self.out.write(
+            f"[{r['trading_state']}] quotes {quotes}  opportunities {r['scanner'].get('opportunities', 0)}  "
+            f"orders {ex.get('orders_sent', 0)}  trades open/closed "
+            f"{ex.get('trades_opened', 0) - ex.get('trades_closed', 0)}/{ex.get('trades_closed', 0)}\n"
+        )
+        self.out.flush()
+
+    # -- tear-down ----------------------------------------------------------------
+
+    def stop_children(self) -> None:
+        """SIGTERM in reverse start order (scanner first, market last), then SIGKILL stragglers."""
+        for c in reversed(self.children):
+            if c.proc is not None and c.proc.poll() is None:
+                c.proc.send_signal(signal.SIGTERM)
+                try:
+                    c.proc.wait(STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    self.out.write(f"{c.name} did not stop within {STOP_TIMEOUT_S:g} s; killing it\n")
+                    c.proc.kill()
+                    c.proc.wait()
+            if c.log_file is not None:
+                c.log_file.close()
+
+    def close(self) -> None:
+        for s in self.sockets.values():
+            s.close()
+        if self.zctx is not None:
+            self.zctx.term()
+        for seg in (self.board, self.status):
+            if seg is not None:
+                seg.close()
+                seg.segment.unlink()
+        self.board = self.status = None
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+class ChildFailed(PerpBotError):
+    def __init__(self, child: Child, what: str) -> None:
+        self.child = child
+        super().__init__(f"{child.name} {what}")
+
+
+class Interrupted(PerpBotError):
+    pass
+
+
+def _remove_stale_runs(root: Path) -> None:
+    """Segments and run directories left by a launcher that died without cleaning up."""
+    for name in find_stale_segments():
+        remove_segment(name)
+        log.warning("removed stale shared-memory segment %s", name)
+    if not root.is_dir():
+        return
+    for d in root.iterdir():
+        pid_file = d / PID_FILE
+        if not (d / RUN_FILE).exists() and not pid_file.exists():
+            continue
+        try:
+            pid = int(pid_file.read_text())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            shutil.rmtree(d, ignore_errors=True)
+            log.warning("removed stale run directory %s", d.name)
+
+
+def _tail(path: Path | None, n: int = 15) -> str:
+    if path is None or not path.exists():
+        return ""
+    lines = path.read_text(errors="replace").splitlines()[-n:]
+    return "\n".join("    " + ln for ln in lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="perpbot-launch", description="Start and supervise a PerpBot run.")
+    p.add_argument("--config", required=True, type=Path, help="YAML config file (see config.yaml.example)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher %(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"perpbot-launch: {e}", file=sys.stderr)
+        return 2
+    if args.duration is not None and args.duration <= 0:
+        print("perpbot-launch: --duration must be a positive number of seconds", file=sys.stderr)
+        return 2
+    duration = args.duration if args.duration is not None else cfg.run.duration_s
+    launcher = Launcher(cfg, args.config)
+
+    def on_signal(signum: int, frame: object) -> None:
+        launcher.stop_reason = signal.Signals(signum).name
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    rc = 0
+    try:
+        launcher.prepare()
+        print(f"run {launcher.run_id}: {len(cfg.venues)} venues x {len(cfg.symbols)} symbols, mode {cfg.mode}; "
+              f"journal and logs in {launcher.data_dir}", flush=True)
+        launcher.start_children()
+        print(f"all processes running; control with: perpbot-ctl --run {launcher.run_id} status|kill|pause|resume",
+              flush=True)
+        launcher.serve(duration)
+        print(f"stopping: {launcher.stop_reason}", flush=True)
+    except ChildFailed as e:
+        rc = 1
+        print(f"perpbot-launch: process {e}; shutting down the rest", file=sys.stderr)
+        tail = _tail(e.child.log_path)
+        if tail:
+            print(f"  last lines of {e.child.name}'s log:\n{tail}", file=sys.stderr)
+    except Interrupted as e:
+        print(f"stopping during start-up: {e}", flush=True)
+    except (LayoutError, OSError) as e:
+        rc = 1
+        print(f"perpbot-launch: {e}", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
+        try:
+            launcher.stop_children()
+            if launcher.status is not None:
+                summary = run_summary(launcher.status, launcher.data_dir, launcher.run_id,
+                                      [(c.name, c.slot) for c in launcher.children])
+                (launcher.data_dir / "summary.json").write_bytes(
+                    orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+                print(format_summary(summary), flush=True)
+        finally:
+            launcher.close()
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

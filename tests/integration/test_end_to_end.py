@@ -1,0 +1,208 @@
+"""The whole path, for real: perpbot-launch on the demo market, perpbot-ctl, the journal.
+
+Real processes, shared memory, ZeroMQ sockets, loopback websockets and SQLite.
+Waits are deadline-bounded polls on observable state, never fixed timings.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+import psutil
+import pytest
+import yaml
+from kit import example_raw
+
+pytestmark = pytest.mark.slow
+
+START_DEADLINE_S = 60
+TRADE_DEADLINE_S = 60
+
+
+@pytest.fixture
+def run_env(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    # ipc:// paths are limited to ~107 bytes: keep the run root short
+    run_root = Path(tempfile.mkdtemp(prefix="pb"))
+    raw = example_raw()
+    raw["run"].update(run_root=str(run_root), data_dir=str(tmp_path / "data"))
+    raw["demo"].update(dislocations_per_s=6.0, dislocation_bps=40)
+    raw["exec"].update(max_hold_ms=400)
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    yield {"config": cfg_path, "run_root": run_root, "data": tmp_path / "data"}
+    shutil.rmtree(run_root, ignore_errors=True)
+
+
+def _launch(cfg: Path, duration: float, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "perpbot.launch", "--config", str(cfg), "--duration", str(duration)],
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+
+
+def _ctl(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "perpbot.ctl", "--config", str(cfg), *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def _wait_for(what: str, cond: Any, deadline_s: float, proc: subprocess.Popen[bytes], log: Path) -> Any:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        if proc.poll() is not None:
+            pytest.fail(f"launcher exited ({proc.returncode}) while waiting for {what}:\n{log.read_text()}")
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}:\n{log.read_text()}")
+
+
+def _journal(data: Path) -> Path | None:
+    found = list(data.glob("*/journal.sqlite")) if data.exists() else []
+    return found[0] if found else None
+
+
+def _query(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _closed_trades(data: Path) -> int:
+    db = _journal(data)
+    if db is None:
+        return 0
+    try:
+        return _query(db, "SELECT COUNT(*) FROM trades WHERE state = 'closed'")[0][0]
+    except sqlite3.OperationalError:
+        return 0  # journal being created
+
+
+def _our_processes(run_id_part: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if run_id_part in cmd and "perpbot" in cmd:
+            out.append(p)
+    return out
+
+
+def test_demo_trades_end_to_end_and_kill_stops_new_orders(run_env: dict[str, Any], tmp_path: Path) -> None:
+    log = tmp_path / "launch.log"
+    proc = _launch(run_env["config"], 300, log)
+    try:
+        _wait_for("all processes running", lambda: b"all processes running" in log.read_bytes(),
+                  START_DEADLINE_S, proc, log)
+        status = _ctl(run_env["config"], "--json", "status")
+        assert status.returncode == 0, status.stderr
+        st = orjson.loads(status.stdout)
+        assert st["trading_state"] == "RUNNING"
+        assert set(st["feeds"]) == {"binanceusdm", "okx", "bybit", "bitget"}
+        assert all(p["state"] == "RUNNING" for p in st["processes"].values()), st["processes"]
+        run_dir = run_env["run_root"] / st["run_id"]
+        assert (run_dir.stat().st_mode & 0o777) == 0o700
+
+        _wait_for("two completed trades", lambda: _closed_trades(run_env["data"]) >= 2, TRADE_DEADLINE_S, proc, log)
+        kill = _ctl(run_env["config"], "--json", "kill")
+        assert kill.returncode == 0, kill.stderr
+        halt_ns = orjson.loads(kill.stdout)["halt_ns"]
+        st = orjson.loads(_ctl(run_env["config"], "--json", "status").stdout)
+        assert st["trading_state"] == "HALTED"
+        assert _ctl(run_env["config"], "resume").returncode == 1  # kill is not undone by resume
+        # let the market keep moving while halted: opportunities must not become orders
+        opps_at_kill = st["scanner"]["opportunities"]
+        time.sleep(2.0)
+        st2 = orjson.loads(_ctl(run_env["config"], "--json", "status").stdout)
+        assert st2["scanner"]["opportunities"] == opps_at_kill, "scanner kept signalling after kill"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    out = log.read_text()
+    assert "summary" in out and "realized PnL after fees" in out and "tick->signal: p50" in out
+    db = _journal(run_env["data"])
+    assert db is not None
+    summary = orjson.loads((db.parent / "summary.json").read_bytes())
+    assert summary["journal"]["trades_completed"] >= 2
+
+    # after kill, no new order: every order sent passed its risk check before the halt flag was set
+    late = _query(db, f"SELECT client_order_id, ts_decide_ns FROM orders WHERE ts_decide_ns >= {halt_ns}")
+    assert late == []
+    # every fill belongs to an order
+    assert _query(db, "SELECT COUNT(*) FROM fills f LEFT JOIN orders o USING (client_order_id) "
+                      "WHERE o.client_order_id IS NULL") == [(0,)]
+    # both legs of every completed trade are in the journal, opened and closed, with fills
+    for (trade_id, buy_venue, sell_venue, qty) in _query(
+            db, "SELECT trade_id, buy_venue, sell_venue, qty FROM trades WHERE state = 'closed'"):
+        legs = _query(db, f"SELECT o.venue, o.side, o.purpose, SUM(CAST(f.qty AS REAL)) FROM orders o "
+                          f"JOIN fills f USING (client_order_id) WHERE o.trade_id = {trade_id} "
+                          f"GROUP BY o.venue, o.side, o.purpose")
+        got = {(v, side, purpose) for v, side, purpose, _ in legs}
+        assert {(buy_venue, "buy", "open"), (sell_venue, "sell", "open"),
+                (buy_venue, "sell", "close"), (sell_venue, "buy", "close")} <= got, (trade_id, legs)
+    # positions are flat or explained by trades still open when the kill came
+    net: dict[tuple[str, str], Decimal] = {}
+    for venue, symbol, side, qty in _query(
+            db, "SELECT f.venue, f.symbol, f.side, f.qty FROM fills f"):
+        net[(venue, symbol)] = net.get((venue, symbol), Decimal(0)) + (Decimal(qty) if side == "buy" else -Decimal(qty))
+    explained: dict[tuple[str, str], Decimal] = {}
+    for symbol, bv, sv, qty in _query(db, "SELECT symbol, buy_venue, sell_venue, qty FROM trades WHERE state = 'open'"):
+        explained[(bv, symbol)] = explained.get((bv, symbol), Decimal(0)) + Decimal(qty)
+        explained[(sv, symbol)] = explained.get((sv, symbol), Decimal(0)) - Decimal(qty)
+    for key in set(net) | set(explained):
+        assert net.get(key, Decimal(0)) == explained.get(key, Decimal(0)), key
+
+    # nothing left behind
+    run_id = st["run_id"]
+    assert not list(Path("/dev/shm").glob(f"perpbot-{run_id}-*"))
+    assert _our_processes(run_id) == []
+    assert not (run_env["run_root"] / run_id).exists()
+
+
+def test_crashed_child_is_named_and_the_rest_shut_down(run_env: dict[str, Any], tmp_path: Path) -> None:
+    log = tmp_path / "launch.log"
+    proc = _launch(run_env["config"], 300, log)
+    try:
+        _wait_for("all processes running", lambda: b"all processes running" in log.read_bytes(),
+                  START_DEADLINE_S, proc, log)
+        st = orjson.loads(_ctl(run_env["config"], "--json", "status").stdout)
+        os.kill(st["processes"]["scanner"]["pid"], signal.SIGKILL)
+        assert proc.wait(60) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = log.read_text()
+    assert "scanner exited unexpectedly" in out
+    run_id = st["run_id"]
+    assert not list(Path("/dev/shm").glob(f"perpbot-{run_id}-*"))
+    assert _our_processes(run_id) == []
+    for name, p in st["processes"].items():
+        assert not psutil.pid_exists(p["pid"]) or psutil.Process(p["pid"]).status() == psutil.STATUS_ZOMBIE, name
+
+
+def test_bad_config_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    raw = example_raw()
+    raw["scanner"]["poll"] = "fastest"
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    r = subprocess.run([sys.executable, "-m", "perpbot.launch", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "$.scanner.poll" in r.stderr and "spin, hybrid, sleep" in r.stderr
