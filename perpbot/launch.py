@@ -34,6 +34,7 @@ from perpbot.runctx import CONFIG_COPY, RUN_FILE, run_root, write_run_file
 from perpbot.shm import QuoteBoard, StatusBoard
 from perpbot.shm.layout import ProcState, Role, TradingState, segment_names
 from perpbot.shm.segment import find_stale_segments, remove_segment
+from perpbot.sim.process import read_market_file
 from perpbot.summary import format_summary, run_summary, status_report
 
 log = logging.getLogger("perpbot.launch")
@@ -107,7 +108,10 @@ class Launcher:
             slot += 1
             self._spawn(market)
             self._wait_ready([market])
-            self.urls = orjson.loads((self.run_dir / "market.json").read_bytes())["urls"]
+            urls = read_market_file(self.run_dir)
+            if urls is None:
+                raise ChildFailed(market, "reported ready without writing its URLs")
+            self.urls = urls
             write_run_file(self.run_dir, self.run_id, self.data_dir.resolve(), self.urls)
         exec_ = Child("exec", "perpbot.exec.process", slot)
         slot += 1
@@ -123,6 +127,8 @@ class Launcher:
         scanner = Child("scanner", "perpbot.scanner.process", slot)
         self._spawn(scanner)
         self._wait_ready([scanner])
+        assert self.status is not None
+        self.status.set_proc_state(LAUNCHER_SLOT, ProcState.RUNNING)
 
     def _spawn(self, c: Child) -> None:
         c.log_path = self.data_dir / f"{c.name}.log"

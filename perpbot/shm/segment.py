@@ -89,13 +89,17 @@ class Segment:
             shm = shared_memory.SharedMemory(name=name, create=False)
         except FileNotFoundError:
             raise LayoutError(f"shared-memory segment {name!r} does not exist (is the launcher running?)") from None
-        _untrack(shm)
         seg = cls(shm, owner=False)
         try:
             _check_header(seg, magic, layout_version, venues, symbols, venue_table, symbol_table, size)
         except BaseException:
+            _untrack(shm)
             seg.close()
             raise
+        # the tracker keeps one entry per name: when this process created the segment too
+        # (tests, benchmarks), that entry is the creator's and must stay
+        if read_header(seg.buf)["owner_pid"] != os.getpid():
+            _untrack(shm)
         return seg
 
     def close(self) -> None:
