@@ -17,6 +17,12 @@ class Edge(NamedTuple):
     edge_bps: float  # net of both taker fees
 
 
+def net_edge_bps(buy_ask: float, sell_bid: float, buy_fee_bps: float, sell_fee_bps: float) -> float:
+    """The edge of one (buy, sell) pair net of both taker fees; `best_edge` uses the same formula."""
+    cost = buy_ask * (1.0 + buy_fee_bps / 1e4)
+    return (sell_bid * (1.0 - sell_fee_bps / 1e4) - cost) / cost * 1e4
+
+
 def fee_multipliers(taker_fee_bps: Sequence[float]) -> tuple[list[float], list[float]]:
     """(buy cost multipliers, sell proceeds multipliers) per venue."""
     return [1.0 + f / 1e4 for f in taker_fee_bps], [1.0 - f / 1e4 for f in taker_fee_bps]

@@ -112,9 +112,10 @@ class StatusBoard:
 
     def set_halt(self) -> int:
         """Throw the kill switch; returns the stamp. Only the launcher calls this."""
+        # flag first, stamp second: any order whose check saw the flag clear was decided before `ts`
+        self.glob["halt"] = 1
         ts = now_ns()
         self.glob["halt_ns"] = ts
-        self.glob["halt"] = 1
         self.set_trading_state(TradingState.HALTED)
         return ts
 

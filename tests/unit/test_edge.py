@@ -67,3 +67,13 @@ def test_matches_brute_force_on_random_books() -> None:
             assert got is None
         else:
             assert got is not None and got.edge_bps == pytest.approx(want[2])
+
+
+def test_exec_recheck_uses_the_scanner_definition() -> None:
+    from decimal import Decimal
+
+    from perpbot.exec.edge import net_edge_bps as exec_edge
+    bm, sm = fee_multipliers([5.0, 6.0])
+    e = best_edge([0.0, 60090.0], [60000.0, 0.0], bm, sm, [True, False], [False, True])
+    assert e is not None
+    assert exec_edge(Decimal("60000"), Decimal("60090"), 5.0, 6.0) == pytest.approx(e.edge_bps, abs=1e-9)

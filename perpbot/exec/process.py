@@ -1,0 +1,276 @@
+"""The exec process: a thin async shell around `Engine`.
+
+    python -m perpbot.exec.process --run-dir DIR --slot N
+
+Started by the launcher, which owns the shared-memory segments and binds the
+event forwarder; this process attaches the board and status segments, opens
+the journal, binds the opportunity PULL socket and only then reports RUNNING
+in its status record (the ready handshake: a RUNNING exec is reachable).
+
+Loops, all on one uvloop event loop:
+
+- receive: wait for one opportunity, then drain whatever else is queued
+  (up to the socket's high-water mark) and keep only the newest per
+  (symbol, buy venue, sell venue), so a flood is worked off in one pass and
+  never traded signal by signal; malformed messages are counted and dropped.
+- check: every `exec.check_interval_ms`, `Engine.check_open_trades()`.
+- housekeeping: every 200 ms heartbeat + counters + latency histograms into
+  the status segment and a journal flush; once a second a HEARTBEAT event and
+  a journal checkpoint in a worker thread (kept off the order path, see
+  `journal`).
+
+Engine calls are shielded from cancellation: stopping cancels the loops, never
+an order in flight. SIGTERM/SIGINT: stop taking opportunities, wait for
+in-flight orders, close the journal, state STOPPED, drop numpy views and close
+(never unlink) the segments, exit 0. A loop that dies marks the process
+FAULTED and exits 1.
+
+ZeroMQ: one `zmq.Context` (one I/O thread, DESIGN.md pitfalls), shadowed by
+a `zmq.asyncio.Context` for the PULL socket; the event publisher stays on the
+plain context because its non-blocking sends must raise `zmq.Again`
+synchronously (an asyncio socket would turn that into an unretrieved future).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import uvloop
+import zmq
+import zmq.asyncio
+
+from perpbot import bus
+from perpbot.clock import now_ns
+from perpbot.exec.engine import Engine
+from perpbot.exec.journal import Journal
+from perpbot.exec.venues.base import Venue
+from perpbot.exec.venues.registry import make_venues
+from perpbot.messages import Opportunity, decode_opportunity
+from perpbot.runctx import RunContext, child_args, die_with_parent, load_run, setup_logging
+from perpbot.shm import QuoteBoard, StatusBoard
+from perpbot.shm.layout import ProcState, Role
+
+HOUSEKEEPING_S = 0.2
+HEARTBEAT_EVENT_NS = 1_000_000_000
+#: how long shutdown waits for orders in flight before giving up on them
+DRAIN_TIMEOUT_S = 10.0
+#: last_error codes in the status record
+ERR_NONE = 0
+ERR_TASK_FAILED = 1
+ERR_START_FAILED = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse the child arguments, join the run, run until stopped."""
+    args = child_args("exec", argv)
+    die_with_parent()
+    log = setup_logging("exec")
+    ctx = load_run(args.run_dir, args.slot)
+    return uvloop.run(ExecProcess(ctx, log).run())
+
+
+def newest_per_pair(
+    batch: list[tuple[bytes, int]],
+) -> tuple[list[tuple[Opportunity, int]], list[tuple[Opportunity, int]], list[ValueError]]:
+    """Decode a drained batch of (message, receive stamp).
+
+    Returns the newest opportunity per (symbol, buy venue, sell venue) in
+    arrival order of their first appearance, the older ones it superseded,
+    and the decode errors of malformed messages.
+    """
+    newest: dict[tuple[int, int, int], tuple[Opportunity, int]] = {}
+    superseded: list[tuple[Opportunity, int]] = []
+    errors: list[ValueError] = []
+    for raw, ts in batch:
+        try:
+            opp = decode_opportunity(raw)
+        except ValueError as e:
+            errors.append(e)
+            continue
+        key = (opp.symbol, opp.buy_venue, opp.sell_venue)
+        if key in newest:
+            superseded.append(newest[key])
+        newest[key] = (opp, ts)
+    return list(newest.values()), superseded, errors
+
+
+class ExecProcess:
+    """Owns every resource of the exec process and the order they are released in."""
+
+    def __init__(self, ctx: RunContext, log: logging.Logger) -> None:
+        self.ctx = ctx
+        self.log = log
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self._fault: BaseException | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self.superseded = 0
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (exit 0) or a failed loop (exit 1)."""
+        ctx, cfg, log = self.ctx, self.ctx.cfg, self.log
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        board: QuoteBoard | None = None
+        status: StatusBoard | None = None
+        journal: Journal | None = None
+        zctx = zmq.Context()
+        pull: zmq.asyncio.Socket | None = None
+        events: bus.EventPublisher | None = None
+        venues: list[Venue] = []
+        slot = ctx.slot
+        code = 0
+        try:
+            board = QuoteBoard.attach(ctx.board_name, cfg.venue_names, cfg.symbol_names)
+            status = StatusBoard.attach(ctx.status_name, cfg.venue_names, cfg.symbol_names)
+            status.register_proc(slot, "exec", Role.EXEC, os.getpid())
+            journal = Journal(ctx.journal_path, run_id=ctx.run_id)
+            actx = zmq.asyncio.Context.shadow(zctx.underlying)
+            pull = bus.opportunity_pull(actx, ctx.endpoints)  # type: ignore[assignment]
+            events = bus.EventPublisher(zctx, ctx.endpoints, "exec")
+            venues = make_venues(cfg, board)
+            for v in venues:
+                await v.connect()
+            engine = Engine(cfg, board, status, journal, venues, run_id=ctx.run_id, events=events,
+                            log=log)
+            status.set_proc_state(slot, ProcState.RUNNING)
+            events.heartbeat(ProcState.RUNNING.name)
+            log.info("exec running: run %s, journal %s, %d venues", ctx.run_id, ctx.journal_path,
+                     len(venues))
+            assert pull is not None
+            tasks = [
+                self._spawn(self._receive(engine, pull), "receive"),
+                self._spawn(self._check(engine), "check"),
+                self._spawn(self._housekeeping(engine, status, journal, events), "housekeeping"),
+            ]
+            await self._stop.wait()
+            self._stopping = True
+            status.set_proc_state(slot, ProcState.STOPPING)
+            log.info("stopping: no new opportunities, waiting for orders in flight")
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                await asyncio.wait_for(engine.drain(), DRAIN_TIMEOUT_S)
+            except TimeoutError:
+                log.error("orders still in flight after %.0f s; stopping anyway", DRAIN_TIMEOUT_S)
+            engine.flush_histograms()
+            status.heartbeat(slot, engine.counters())
+            st = engine.statistics()
+            log.info("stopped: %d opportunities, %d orders sent, %d trades opened, %d closed, "
+                     "%d open, realized %s, %d malformed, %d superseded", st.opps_received,
+                     st.orders_sent, st.trades_opened, st.trades_closed, st.open_trades,
+                     st.realized_pnl, st.malformed, self.superseded)
+            if self._fault is not None:
+                code = 1
+        except Exception:
+            log.exception("exec failed")
+            code = 1
+            if status is not None:
+                status.procs[slot]["last_error"] = ERR_START_FAILED
+        finally:
+            if self._inflight:  # never close the journal under a running checkpoint
+                await asyncio.wait(self._inflight, timeout=DRAIN_TIMEOUT_S)
+            if journal is not None:
+                journal.close()
+            for v in venues:
+                await v.close()
+            if events is not None:
+                events.heartbeat((ProcState.FAULTED if code else ProcState.STOPPED).name)
+                events.close()
+            if pull is not None:
+                pull.close()
+            zctx.term()
+            if status is not None:
+                if self._fault is not None:
+                    status.procs[slot]["last_error"] = ERR_TASK_FAILED
+                status.set_proc_state(slot, ProcState.FAULTED if code else ProcState.STOPPED)
+                status.close()
+            if board is not None:
+                board.close()
+        return code
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Every loop goes through here: a loop that dies stops the process as FAULTED."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not self._stopping:
+            self.log.error("task %s failed", task.get_name(), exc_info=exc)
+            self._fault = exc
+            self._stop.set()
+
+    def _shielded(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        # cancelling the loop must never cancel orders in flight: run engine calls as
+        # their own tasks, remembered so shutdown can wait for them
+        task = asyncio.ensure_future(coro)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return asyncio.shield(task)
+
+    async def _receive(self, engine: Engine, pull: zmq.asyncio.Socket) -> None:
+        while not self._stopping:
+            raw = await pull.recv()
+            batch = [(raw, now_ns())]
+            while len(batch) < bus.OPPORTUNITY_HWM:
+                try:
+                    raw = await pull.recv(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                batch.append((raw, now_ns()))
+            for opp, ts in self._newest(engine, batch):
+                if self._stopping:
+                    return
+                await self._shielded(engine.on_opportunity(opp, ts))
+
+    def _newest(self, engine: Engine,
+                batch: list[tuple[bytes, int]]) -> list[tuple[Opportunity, int]]:
+        kept, superseded, errors = newest_per_pair(batch)
+        for e in errors:
+            engine.count_malformed()
+            if engine.malformed <= 10 or engine.malformed % 1000 == 0:
+                self.log.warning("malformed opportunity (%d so far): %s", engine.malformed, e)
+        for opp, ts in superseded:
+            self.superseded += 1
+            engine.note_superseded(opp, ts)
+        return kept
+
+    async def _check(self, engine: Engine) -> None:
+        interval = self.ctx.cfg.exec.check_interval_ms / 1000
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            await self._shielded(engine.check_open_trades())
+
+    async def _housekeeping(self, engine: Engine, status: StatusBoard, journal: Journal,
+                            events: bus.EventPublisher) -> None:
+        slot = self.ctx.slot
+        last_event = now_ns()
+        while not self._stopping:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            status.heartbeat(slot, engine.counters())
+            engine.flush_histograms()
+            journal.flush()
+            now = now_ns()
+            if now - last_event >= HEARTBEAT_EVENT_NS:
+                last_event = now
+                events.heartbeat(ProcState.RUNNING.name)
+                # shielded and tracked: shutdown waits for it before closing the journal
+                await self._shielded(asyncio.to_thread(journal.checkpoint))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The one trading-venue interface, and the value types that cross it.
+
+Every venue implementation (the paper venue now, ccxt later) subclasses `Venue`
+and implements all of its abstract methods:
+
+required
+    name            the config's venue name (`cfg.venues` key)
+    connect()       open sessions, load markets; idempotent
+    close()         release sessions
+    place_order()   one taker IOC order -> its terminal `OrderResult`
+    cancel_order()  cancel a resting order by client order id
+    open_orders()   orders still resting on the venue
+    positions()     net position per board symbol
+    balances()      balance per asset
+    markets()       tick, lot and min notional per board symbol (synchronous)
+
+Symbols at this interface are board names (`BTC-PERP`); an implementation maps
+them to its own. Quantities are base units and every amount is a `Decimal`,
+already on the market's lot and tick grid when it reaches `place_order`.
+
+`place_order` never raises for a refusal: a refused order is a result with
+status REJECTED and a reason. It raises only when the outcome is unknown
+(connection lost mid-request), which the caller must treat as a fault.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+
+class Side(str, enum.Enum):
+    BUY = "buy"
+    SELL = "sell"
+
+    @property
+    def sign(self) -> int:
+        """+1 for a buy, -1 for a sell: the sign of its effect on a position."""
+        return 1 if self is Side.BUY else -1
+
+    @property
+    def opposite(self) -> Side:
+        return Side.SELL if self is Side.BUY else Side.BUY
+
+
+class OrderType(str, enum.Enum):
+    #: taker, immediate-or-cancel: fills what it can at once, the rest is cancelled
+    IOC = "ioc"
+
+
+class OrderStatus(str, enum.Enum):
+    FILLED = "filled"  # the whole quantity filled
+    PARTIAL = "partial"  # part filled, the rest cancelled (IOC)
+    EXPIRED = "expired"  # accepted, nothing filled (IOC limit not marketable)
+    REJECTED = "rejected"  # refused by the venue; nothing filled
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """One order as the engine decided it."""
+
+    client_order_id: str
+    symbol: str  # board symbol name
+    side: Side
+    qty: Decimal  # base units, on the lot grid
+    #: IOC limit price on the tick grid; None is a market order (used to get out)
+    price: Decimal | None
+    order_type: OrderType = OrderType.IOC
+    #: only ever reduce the venue's net position (the venue refuses or trims otherwise)
+    reduce_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    fill_id: str  # unique across runs (derived from the client order id)
+    client_order_id: str
+    venue: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    fee: Decimal  # in the quote asset (USD), positive = paid
+    ts_ns: int  # monotonic stamp (perpbot.clock.now_ns) when the fill was known
+
+
+@dataclass(frozen=True, slots=True)
+class OrderResult:
+    """The terminal state of an order."""
+
+    client_order_id: str
+    venue: str
+    symbol: str
+    side: Side
+    qty: Decimal  # requested
+    status: OrderStatus
+    fills: tuple[Fill, ...] = ()
+    venue_order_id: str = ""
+    ts_accepted_ns: int = 0  # when the venue took the order
+    ts_done_ns: int = 0  # when it reached its terminal state
+    reason: str = ""  # why it was rejected or trimmed; "" otherwise
+
+    @property
+    def filled_qty(self) -> Decimal:
+        return sum((f.qty for f in self.fills), Decimal(0))
+
+    @property
+    def fee(self) -> Decimal:
+        return sum((f.fee for f in self.fills), Decimal(0))
+
+    @property
+    def avg_price(self) -> Decimal | None:
+        """Quantity-weighted fill price; None when nothing filled."""
+        q = self.filled_qty
+        if not q:
+            return None
+        return sum((f.qty * f.price for f in self.fills), Decimal(0)) / q
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    """A symbol's trading grid on one venue."""
+
+    symbol: str
+    tick_size: Decimal
+    lot_size: Decimal
+    min_notional_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOrder:
+    client_order_id: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    filled_qty: Decimal
+    price: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class VenuePosition:
+    symbol: str
+    qty: Decimal  # signed: long > 0, short < 0
+    avg_price: Decimal
+    realized_pnl: Decimal  # fees included
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    asset: str
+    free: Decimal
+    locked: Decimal
+    total: Decimal
+    extra: dict[str, Decimal] = field(default_factory=dict)
+
+
+class Venue(abc.ABC):
+    """A trading venue. See the module docstring for the contract."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open sessions and load markets; calling it twice is harmless."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release sessions. Orders already placed are unaffected."""
+
+    @abc.abstractmethod
+    async def place_order(self, req: OrderRequest) -> OrderResult:
+        """Send one order and return its terminal result (IOC orders finish at once)."""
+
+    @abc.abstractmethod
+    async def cancel_order(self, client_order_id: str, symbol: str) -> bool:
+        """Cancel a resting order; False when no such order is resting."""
+
+    @abc.abstractmethod
+    async def open_orders(self, symbol: str | None = None) -> list[OpenOrder]:
+        """Orders resting on the venue (all symbols when `symbol` is None)."""
+
+    @abc.abstractmethod
+    async def positions(self) -> dict[str, VenuePosition]:
+        """Non-zero net positions per board symbol."""
+
+    @abc.abstractmethod
+    async def balances(self) -> dict[str, Balance]:
+        """Balances per asset."""
+
+    @abc.abstractmethod
+    def markets(self) -> dict[str, Market]:
+        """Trading grid per board symbol this venue trades."""
