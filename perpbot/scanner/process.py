@@ -77,21 +77,26 @@ class Scanner:
             return 0
         ctr[ScannerCounter.CHANGES] += len(changes)
         read = self.board.read
-        dirty: set[int] = set()
+        # per changed symbol, the newest quote that changed in this pass: the tick that triggers it
+        dirty: dict[int, Quote] = {}
         for v, s in changes:
-            self.quotes[s][v] = read(v, s)
-            dirty.add(s)
+            q = read(v, s)
+            self.quotes[s][v] = q
+            if q is not None:
+                prev = dirty.get(s)
+                if prev is None or q.ts_recv_ns > prev.ts_recv_ns:
+                    dirty[s] = q
         if not self.status.may_open():
             ctr[ScannerCounter.HALTED_SKIPS] += 1
             return len(changes)
         t = self.clock()
         buf = self._status_buf
         connected = [_U4(buf, off)[0] == FeedState.CONNECTED for off in self._feed_state_offs]
-        for s in dirty:
-            self._evaluate(s, t, connected)
+        for s, trigger in dirty.items():
+            self._evaluate(s, trigger, t, connected)
         return len(changes)
 
-    def _evaluate(self, s: int, t: int, connected: list[bool]) -> None:
+    def _evaluate(self, s: int, trigger: Quote, t: int, connected: list[bool]) -> None:
         ctr = self.counters
         qs = self.quotes[s]
         n = self.n_venues
@@ -124,7 +129,6 @@ class Scanner:
         qb = qs[e.buy_venue]
         qa = qs[e.sell_venue]
         assert qb is not None and qa is not None
-        trigger = qb if qb.ts_recv_ns >= qa.ts_recv_ns else qa
         ts_detect = self.clock()
         opp = Opportunity(self.next_opp_id, s, e.buy_venue, e.sell_venue, qb.ask, qa.bid, qb.ask_size,
                           qa.bid_size, e.edge_bps, trigger.ts_exchange_ns, trigger.ts_recv_ns,
