@@ -142,14 +142,14 @@ class Launcher:
         deadline = time.monotonic() + self.cfg.run.start_timeout_s
         pending = list(children)
         while pending:
+            if self.stop_reason:
+                raise Interrupted(self.stop_reason)
             for c in list(pending):
                 assert c.proc is not None
                 if c.proc.poll() is not None:
                     raise ChildFailed(c, f"exited with code {c.proc.returncode} while starting")
                 if self.status.procs[c.slot]["state"] == ProcState.RUNNING:
                     pending.remove(c)
-            if self.stop_reason:
-                raise Interrupted(self.stop_reason)
             if time.monotonic() > deadline:
                 raise ChildFailed(pending[0], f"not ready within {self.cfg.run.start_timeout_s:g} s")
             self._pump(20)
@@ -161,6 +161,8 @@ class Launcher:
         next_line = time.monotonic() + 5.0
         while not self.stop_reason:
             self._pump(100)
+            if self.stop_reason:
+                break  # Ctrl-C reaches the whole process group: children exiting now is expected
             for c in self.children:
                 assert c.proc is not None
                 if c.proc.poll() is not None:

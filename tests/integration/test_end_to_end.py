@@ -38,16 +38,18 @@ def run_env(tmp_path: Path) -> Iterator[dict[str, Any]]:
     raw["run"].update(run_root=str(run_root), data_dir=str(tmp_path / "data"))
     raw["demo"].update(dislocations_per_s=6.0, dislocation_bps=40)
     raw["exec"].update(max_hold_ms=400)
+    raw["scanner"].update(core=(os.cpu_count() or 1) - 1)
     cfg_path = tmp_path / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
     yield {"config": cfg_path, "run_root": run_root, "data": tmp_path / "data"}
     shutil.rmtree(run_root, ignore_errors=True)
 
 
-def _launch(cfg: Path, duration: float, log: Path) -> subprocess.Popen[bytes]:
+def _launch(cfg: Path, duration: float, log: Path, new_session: bool = False) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "perpbot.launch", "--config", str(cfg), "--duration", str(duration)],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=new_session,
     )
 
 
@@ -112,6 +114,8 @@ def test_demo_trades_end_to_end_and_kill_stops_new_orders(run_env: dict[str, Any
         assert st["trading_state"] == "RUNNING"
         assert set(st["feeds"]) == {"binanceusdm", "okx", "bybit", "bitget"}
         assert all(p["state"] == "RUNNING" for p in st["processes"].values()), st["processes"]
+        scanner_pid = st["processes"]["scanner"]["pid"]
+        assert psutil.Process(scanner_pid).cpu_affinity() == [(os.cpu_count() or 1) - 1]
         run_dir = run_env["run_root"] / st["run_id"]
         assert (run_dir.stat().st_mode & 0o777) == 0o700
 
@@ -142,7 +146,8 @@ def test_demo_trades_end_to_end_and_kill_stops_new_orders(run_env: dict[str, Any
     assert summary["journal"]["trades_completed"] >= 2
 
     # after kill, no new order: every order sent passed its risk check before the halt flag was set
-    late = _query(db, f"SELECT client_order_id, ts_decide_ns FROM orders WHERE ts_decide_ns >= {halt_ns}")
+    late = _query(db, f"SELECT client_order_id, ts_decide_ns FROM orders "
+                      f"WHERE ts_decide_ns >= {halt_ns} AND status != 'not_sent'")
     assert late == []
     # every fill belongs to an order
     assert _query(db, "SELECT COUNT(*) FROM fills f LEFT JOIN orders o USING (client_order_id) "
@@ -195,6 +200,32 @@ def test_crashed_child_is_named_and_the_rest_shut_down(run_env: dict[str, Any], 
     assert _our_processes(run_id) == []
     for name, p in st["processes"].items():
         assert not psutil.pid_exists(p["pid"]) or psutil.Process(p["pid"]).status() == psutil.STATUS_ZOMBIE, name
+
+
+def test_ctrl_c_to_the_process_group_stops_everything_cleanly(run_env: dict[str, Any], tmp_path: Path) -> None:
+    log = tmp_path / "launch.log"
+    # a terminal's Ctrl-C sends SIGINT to the whole foreground group: launcher and children at once
+    proc = _launch(run_env["config"], 300, log, new_session=True)
+    try:
+        _wait_for("all processes running", lambda: b"all processes running" in log.read_bytes(),
+                  START_DEADLINE_S, proc, log)
+        st = orjson.loads(_ctl(run_env["config"], "--json", "status").stdout)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = log.read_text()
+    assert "stopping: SIGINT" in out and "summary" in out
+    assert "Traceback" not in out
+    logs = list(run_env["data"].glob("*/*.log"))
+    assert len(logs) == 7  # market, exec, four feeds, scanner
+    for child_log in logs:
+        assert "Traceback" not in child_log.read_text(), child_log.name
+    run_id = st["run_id"]
+    assert not list(Path("/dev/shm").glob(f"perpbot-{run_id}-*"))
+    assert _our_processes(run_id) == []
 
 
 def test_bad_config_stops_start_up_naming_the_key(tmp_path: Path) -> None:
