@@ -9,7 +9,7 @@ about twice as much.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -57,7 +57,7 @@ def test_baseline_numpy_slot_write(benchmark, board: QuoteBoard) -> None:
         slot["seq"] += 1
 
     benchmark(write)
-    del view
+    view = None  # release the export before the segment closes
 
 
 def test_seqlock_read(benchmark, board: QuoteBoard) -> None:
@@ -79,7 +79,7 @@ def test_baseline_numpy_slot_read(benchmark, board: QuoteBoard) -> None:
         return out if slot["seq"] == s1 else ()
 
     benchmark(read)
-    del view
+    view = None  # release the export before the segment closes
 
 
 def test_parse_book_ticker(benchmark) -> None:
@@ -93,7 +93,7 @@ def test_idle_scanner_pass(benchmark, board: QuoteBoard) -> None:
     status = StatusBoard.attach(board.segment.name.replace("-board", "-status"), cfg.venue_names, cfg.symbol_names)
     sc = Scanner(cfg, board, status, None)
     benchmark(sc.scan_once)
-    del sc
+    sc = None
     status.close()
 
 
@@ -113,5 +113,5 @@ def test_scanner_pass_one_change(benchmark, board: QuoteBoard) -> None:
 
     benchmark(one)
     w.release()
-    del sc
+    sc = None
     status.close()

@@ -108,7 +108,7 @@ def control_request(ep: Endpoints, command: str, args: dict[str, Any] | None = N
     """Send one control command and wait for its reply. Raises TimeoutError."""
     if command not in CONTROL_COMMANDS:
         raise ValueError(f"unknown command {command!r}; allowed: {', '.join(CONTROL_COMMANDS)}")
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     s = socket(ctx, zmq.REQ)
     s.setsockopt(zmq.RCVTIMEO, timeout_ms)
     s.setsockopt(zmq.SNDTIMEO, timeout_ms)

@@ -6,7 +6,7 @@ Exchange timestamps are epoch time and are kept apart (`ts_exchange_ns`).
 """
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 Clock = Callable[[], int]
 

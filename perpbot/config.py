@@ -38,7 +38,7 @@ class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     pass
 
 
-class SymbolConfig(_Frozen):
+class SymbolConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A board symbol (unified name such as `BTC-PERP`) and its trading grid."""
 
     lot_size: Decimal
@@ -46,7 +46,7 @@ class SymbolConfig(_Frozen):
     min_notional_usd: NonNegFloat = 5.0
 
 
-class VenueConfig(_Frozen):
+class VenueConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One venue: which feed protocol it speaks, its fees and its symbol names."""
 
     feed: str
@@ -61,7 +61,7 @@ class VenueConfig(_Frozen):
     api_secret_env: str | None = None
 
 
-class RunConfig(_Frozen):
+class RunConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: directory for per-run sockets; None: $XDG_RUNTIME_DIR/perpbot or /tmp/perpbot-<uid>
     run_root: str | None = None
     #: directory for per-run journals and logs
@@ -72,7 +72,7 @@ class RunConfig(_Frozen):
     start_timeout_s: PosFloat = 20.0
 
 
-class FeedConfig(_Frozen):
+class FeedConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     reconnect_initial_ms: PosInt = 100
     reconnect_max_ms: PosInt = 5000
     #: reconnect when a connection has been silent this long
@@ -83,7 +83,7 @@ class FeedConfig(_Frozen):
     quote_event_interval_ms: NonNegInt = 250
 
 
-class ScannerConfig(_Frozen):
+class ScannerConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: CPU core to pin the scanner's main thread to; None leaves it unpinned
     core: NonNegInt | None = None
     poll: PollPolicy = "hybrid"
@@ -101,7 +101,7 @@ class ScannerConfig(_Frozen):
     repeat_interval_ms: NonNegInt = 100
 
 
-class ExecConfig(_Frozen):
+class ExecConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: notional to open per opportunity (capped by the book and by risk)
     trade_notional_usd: PosFloat = 1000.0
     #: an opportunity older than this when exec reads it is dropped, never traded
@@ -114,7 +114,7 @@ class ExecConfig(_Frozen):
     check_interval_ms: PosInt = 5
 
 
-class RiskConfig(_Frozen):
+class RiskConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_notional_per_trade_usd: PosFloat = 5000.0
     #: absolute position per venue and symbol, in USD notional at the order price
     max_position_notional_usd: PosFloat = 20000.0
@@ -122,7 +122,7 @@ class RiskConfig(_Frozen):
     max_open_trades: PosInt = 4
 
 
-class DemoVenueConfig(_Frozen):
+class DemoVenueConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     basis_bps: float = 0.0
     noise_bps: NonNegFloat = 0.3
     update_hz: PosFloat = 50.0
@@ -130,7 +130,7 @@ class DemoVenueConfig(_Frozen):
     top_size_usd: PosFloat = 50000.0
 
 
-class DemoConfig(_Frozen):
+class DemoConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The built-in demo market (seeded, reproducible)."""
 
     seed: int = 7
@@ -148,7 +148,7 @@ class DemoConfig(_Frozen):
     venues: dict[str, DemoVenueConfig] = {}
 
 
-class Config(_Frozen):
+class Config(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     symbols: dict[str, SymbolConfig]
     venues: dict[str, VenueConfig]
     mode: Mode = "demo"
@@ -312,9 +312,9 @@ def _validate(cfg: Config) -> None:
         if not _SYMBOL_NAME.match(name):
             raise ConfigError(f"$.symbols.{name}", "symbol names look like BTC-PERP (upper case, -PERP)")
         for key in ("lot_size", "tick_size"):
-            v: Decimal = getattr(s, key)
-            if not v.is_finite() or v <= 0:
-                raise ConfigError(f"$.symbols.{name}.{key}", f"must be a positive number, got {v}")
+            step: Decimal = getattr(s, key)
+            if not step.is_finite() or step <= 0:
+                raise ConfigError(f"$.symbols.{name}.{key}", f"must be a positive number, got {step}")
     for vname, v in cfg.venues.items():
         base = f"$.venues.{vname}"
         if not re.match(r"^[a-z0-9_]{1,15}$", vname):

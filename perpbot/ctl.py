@@ -27,7 +27,7 @@ PID_FILE = "launcher.pid"
 
 
 def live_runs(root: Path) -> list[Path]:
-    out = []
+    out: list[Path] = []
     if not root.is_dir():
         return out
     for d in sorted(root.iterdir()):
@@ -56,7 +56,8 @@ def find_run(root: Path, run_id: str | None) -> Path:
 
 
 def format_status(r: dict[str, Any]) -> str:
-    lines = [f"run {r['run_id']}  trading: {r['trading_state']}", "", "process          state      pid      heartbeat age"]
+    lines = [f"run {r['run_id']}  trading: {r['trading_state']}", "",
+             "process          state      pid      heartbeat age"]
     for name, p in r["processes"].items():
         lines.append(f"  {name:<15}{p['state']:<11}{p['pid']:<9}{p['heartbeat_age_ms']:>8.1f} ms")
     lines += ["", "venue          feed        quotes   errors  reconnects  last quote"]

@@ -6,7 +6,7 @@ process-local `LocalHistogram` that is flushed there off the hot path.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from perpbot.shm.layout import N_BUCKETS
 
@@ -17,7 +17,7 @@ _SUB = 1 << _SUB_BITS
 def bucket_of(ns: int) -> int:
     """Bucket index for a non-negative duration in nanoseconds (negative counts as 0)."""
     if ns < 2 * _SUB:
-        return ns if ns > 0 else 0
+        return max(0, ns)
     shift = ns.bit_length() - (_SUB_BITS + 1)
     idx = shift * _SUB + (ns >> shift)
     return idx if idx < N_BUCKETS else N_BUCKETS - 1

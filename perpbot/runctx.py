@@ -14,9 +14,10 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -81,7 +82,8 @@ def load_run(run_dir: Path, slot: int) -> RunContext:
 
 
 def child_args(role: str, argv: list[str] | None = None, venue: bool = False) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=f"perpbot-{role}", description=f"PerpBot {role} process (started by perpbot-launch)")
+    p = argparse.ArgumentParser(prog=f"perpbot-{role}",
+                                description=f"PerpBot {role} process (started by perpbot-launch)")
     p.add_argument("--run-dir", required=True, type=Path)
     p.add_argument("--slot", required=True, type=int)
     if venue:

@@ -7,9 +7,10 @@ summary, and by `perpbot-ctl`.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from perpbot.clock import now_ns
 from perpbot.metrics import quantile
@@ -17,7 +18,7 @@ from perpbot.shm import StatusBoard
 from perpbot.shm.layout import ExecCounter, FeedState, Hop, ProcState, ScannerCounter, TradingState
 
 
-def _counters(status: StatusBoard, slot: int | None, names: type[ExecCounter] | type[ScannerCounter]) -> dict[str, int]:
+def _counters(status: StatusBoard, slot: int | None, names: type[ExecCounter | ScannerCounter]) -> dict[str, int]:
     if slot is None:
         return {}
     c = status.procs[slot]["counters"]
@@ -63,7 +64,7 @@ def status_report(status: StatusBoard, run_id: str, procs: Sequence[tuple[str, i
             "reconnects": int(f["reconnects"]),
             "last_quote_age_ms": None if last == 0 else round((t - last) / 1e6, 1),
         }
-    positions = {}
+    positions: dict[str, dict[str, float]] = {}
     for i, v in enumerate(status.venues):
         for j, s in enumerate(status.symbols):
             q = float(status.positions[i, j]["qty"])
@@ -125,7 +126,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"opportunities:     {s['scanner'].get('opportunities', 0)}",
         f"orders:            {j['orders']}",
         f"fills:             {j['fills']}",
-        f"completed trades:  {j['trades_completed']}  (still open: {j['trades_open']}, failed: {j.get('trades_failed', 0)})",
+        f"completed trades:  {j['trades_completed']}  "
+        f"(still open: {j['trades_open']}, failed: {j.get('trades_failed', 0)})",
         f"realized PnL after fees (USD): {Decimal(j['realized_pnl']):.4f}",
     ]
     if lat["count"]:

@@ -469,7 +469,9 @@ class Engine:
         self._journal.record_results(results, ts_dispatch)
         for leg, req, res in zip(legs, reqs, results):
             self._apply(trade, leg, req, res, ts_dispatch)
-        self._emit_positions({leg.venue for leg in legs}, trade.symbol)
+        touched = {leg.venue for leg in legs}
+        self._emit_positions(touched, trade.symbol)
+        await self._capital_snapshot(touched)
         return results, ts_dispatch
 
     def _apply(self, trade: Trade, leg: LegCheck, req: OrderRequest, res: OrderResult,
@@ -592,6 +594,21 @@ class Engine:
             for v in sorted(venues)
         }
         self._emit(EventType.POSITION_UPDATED, payload)
+
+    async def _capital_snapshot(self, venues: set[int]) -> None:
+        """Venue balances into the status segment and a CAPITAL_SNAPSHOT_UPDATE event."""
+        payload: dict[str, Any] = {}
+        for v in sorted(venues):
+            balances = await self._venues[v].balances()
+            free = sum((b.free for b in balances.values()), _ZERO)
+            locked = sum((b.locked for b in balances.values()), _ZERO)
+            total = sum((b.total for b in balances.values()), _ZERO)
+            rec = self._status.capital[v]
+            rec["free"], rec["locked"], rec["total"] = float(free), float(locked), float(total)
+            realized = sum((self.book.get(v, s).realized_pnl for s in range(len(self._snames))), _ZERO)
+            rec["realized_pnl"] = float(realized)
+            payload[self._vnames[v]] = {"free": float(free), "locked": float(locked), "total": float(total)}
+        self._emit(EventType.CAPITAL_SNAPSHOT_UPDATE, payload)
 
     def _emit(self, kind: EventType, payload: dict[str, Any]) -> None:
         if self._events is None:

@@ -14,7 +14,7 @@ Subscribe acks are `{"result":null,"id":N}`; errors carry `"error"`.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import orjson
 

@@ -38,8 +38,15 @@ log = logging.getLogger("perpbot.feed")
 class FeedStats:
     """Process-local counters, flushed to the status segment on the heartbeat."""
 
-    __slots__ = ("frames", "quotes", "parse_errors", "unknown_symbols", "reconnects", "last_recv_ns",
-                 "error_kinds")
+    __slots__ = (
+        "error_kinds",
+        "frames",
+        "last_recv_ns",
+        "parse_errors",
+        "quotes",
+        "reconnects",
+        "unknown_symbols",
+    )
 
     def __init__(self) -> None:
         self.frames = 0
@@ -136,7 +143,7 @@ class FeedConnection:
         except ParseError as e:
             self._bad_frame(e.kind, str(e), payload)
             return
-        except Exception as e:  # noqa: BLE001 - a parser bug must not drop the connection
+        except Exception as e:
             self._bad_frame(f"parser_bug_{type(e).__name__}", repr(e), payload)
             return
         for q in quotes:
@@ -148,8 +155,8 @@ class FeedConnection:
             ts_write = self.writer.write(idx, q.bid, q.ask, q.bid_size, q.ask_size, q.ts_exchange_ns, t_recv)
             st.quotes += 1
             self.hist.add(ts_write - t_recv)
-            if self.publisher is not None and self._quote_interval_ns:
-                if ts_write - self._last_event_ns[idx] >= self._quote_interval_ns:
+            if (self.publisher is not None and self._quote_interval_ns
+                    and ts_write - self._last_event_ns[idx] >= self._quote_interval_ns):
                     self._last_event_ns[idx] = ts_write
                     self.publisher.publish(EventType.QUOTE_UPDATED, {
                         "symbol": m[1], "bid": q.bid, "ask": q.ask, "bid_size": q.bid_size,
@@ -225,7 +232,7 @@ async def _connect_loop(ctx: RunContext, feed: FeedConnection, url: str, stop: a
                 lambda: _Listener(feed), url, extra_headers=dict(feed.spec.extra_headers) or None,
                 websocket_handshake_timeout=5,
             )
-        except (OSError, asyncio.TimeoutError, picows.WSError) as e:
+        except (TimeoutError, OSError, picows.WSError) as e:
             feed.status.set_feed_state(feed.venue_idx, FeedState.DOWN)
             delay = next(delays)
             log.warning("%s: connect to %s failed (%s); retry in %.0f ms", feed.venue, url, e, delay * 1000)
@@ -248,7 +255,7 @@ async def _connect_loop(ctx: RunContext, feed: FeedConnection, url: str, stop: a
 async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
     try:
         await asyncio.wait_for(stop.wait(), delay)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
 
 

@@ -21,8 +21,9 @@ inside the parser and nowhere else.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import NamedTuple
 
 
 class BBO(NamedTuple):

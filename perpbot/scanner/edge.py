@@ -8,7 +8,8 @@ dearest sells.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 
 class Edge(NamedTuple):

@@ -15,7 +15,8 @@ per-element numpy indexing costs about twice as much (DESIGN.md pitfalls).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -137,7 +138,7 @@ class QuoteBoard:
 class BoardWriter:
     """Seqlock writer for one venue's row of the board."""
 
-    __slots__ = ("_buf", "_slot_offsets", "_seqs", "_ctr_off", "_ring_off", "_mask", "_count")
+    __slots__ = ("_buf", "_count", "_ctr_off", "_mask", "_ring_off", "_seqs", "_slot_offsets")
 
     def __init__(self, buf: memoryview, layout: BoardLayout, venue: int) -> None:
         if not 0 <= venue < layout.n_venues:

@@ -63,7 +63,14 @@ SLOT_DTYPE = np.dtype(
 #: hot-path codecs for the same slot, derived from SLOT_DTYPE's field order
 SEQ_STRUCT = struct.Struct("<Q")
 SLOT_BODY_STRUCT = struct.Struct("<ddddqqq")
-SLOT_BODY_OFFSET = SLOT_DTYPE.fields["bid"][1]
+def field_offset(dtype: np.dtype, name: str) -> int:
+    """Byte offset of a named field in a structured dtype."""
+    fields = dtype.fields
+    assert fields is not None, "not a structured dtype"
+    return int(fields[name][1])
+
+
+SLOT_BODY_OFFSET = field_offset(SLOT_DTYPE, "bid")
 RING_ENTRY_STRUCT = struct.Struct("<I")
 
 

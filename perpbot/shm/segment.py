@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -118,7 +118,7 @@ class Segment:
 def _untrack(shm: shared_memory.SharedMemory) -> None:
     try:
         resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - tracker absent or already unregistered: nothing to undo
+    except Exception:
         pass
 
 
@@ -183,7 +183,7 @@ def _check_header(
 
 def find_stale_segments(min_age_s: float = 10.0) -> list[str]:
     """Names of PerpBot segments whose creating launcher is no longer alive."""
-    stale = []
+    stale: list[str] = []
     if not SHM_DIR.is_dir():
         return stale
     for p in SHM_DIR.iterdir():

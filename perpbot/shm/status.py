@@ -10,7 +10,7 @@ on every pass and by exec before every order.
 from __future__ import annotations
 
 import struct
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from perpbot.shm.layout import (
     Role,
     StatusLayout,
     TradingState,
+    field_offset,
     status_layout,
 )
 from perpbot.shm.segment import Segment
@@ -63,10 +64,10 @@ class StatusBoard:
         self.hist = np.ndarray((len(Hop), N_BUCKETS), np.dtype("<u8"), buffer=buf, offset=lay.histograms)
         # the hot-path flag reads go through struct, not numpy scalar indexing
         self._buf: memoryview | None = buf
-        self._halt_off = lay.global_ + GLOBAL_DTYPE.fields["halt"][1]
-        self._state_off = lay.global_ + GLOBAL_DTYPE.fields["trading_state"][1]
+        self._halt_off = lay.global_ + field_offset(GLOBAL_DTYPE, "halt")
+        self._state_off = lay.global_ + field_offset(GLOBAL_DTYPE, "trading_state")
         self._feed_state_offs = [
-            lay.feeds + v * FEED_DTYPE.itemsize + FEED_DTYPE.fields["state"][1] for v in range(nv)
+            lay.feeds + v * FEED_DTYPE.itemsize + field_offset(FEED_DTYPE, "state") for v in range(nv)
         ]
         self._opp_count_off = lay.opportunities_count
         self._trade_count_off = lay.trades_count
@@ -171,10 +172,10 @@ class StatusBoard:
 
     # -- recent opportunities and trades (ring of N_RECENT, count at its own line) --
 
-    def push_opportunity(self, **fields: float | int) -> int:
+    def push_opportunity(self, **fields: float) -> int:
         return self._push(self.opps, self._opp_count_off, fields)
 
-    def push_trade(self, **fields: float | int) -> int:
+    def push_trade(self, **fields: float) -> int:
         return self._push(self.trades, self._trade_count_off, fields)
 
     def _push(self, ring: np.ndarray, count_off: int, fields: dict[str, float | int]) -> int:
@@ -197,7 +198,7 @@ class StatusBoard:
         k = min(n, N_RECENT)
         return [ring[(n - 1 - i) % N_RECENT].copy() for i in range(k)]
 
-    def update_trade(self, index: int, **fields: float | int) -> None:
+    def update_trade(self, index: int, **fields: float) -> None:
         rec = self.trades[index]
         for k, v in fields.items():
             rec[k] = v

@@ -102,7 +102,8 @@ def test_feed_process_parses_counts_reconnects_and_stops(tmp_path: Path) -> None
                              and feed["unknown_symbols"] >= 1, proc)
                 btc = board.read(0, 0)
                 eth = board.read(0, 1)
-                assert btc is not None and (btc.bid, btc.ask, btc.bid_size, btc.ask_size) == (60000.1, 60000.2, 1.5, 2.5)
+                assert btc is not None
+                assert (btc.bid, btc.ask, btc.bid_size, btc.ask_size) == (60000.1, 60000.2, 1.5, 2.5)
                 assert btc.ts_exchange_ns == T_MS * 1_000_000
                 assert 0 < btc.ts_recv_ns <= btc.ts_write_ns
                 assert eth is not None and (eth.bid, eth.ask) == (3000.1, 3000.3)  # the crossed one never landed

@@ -76,4 +76,4 @@ def test_exec_recheck_uses_the_scanner_definition() -> None:
     bm, sm = fee_multipliers([5.0, 6.0])
     e = best_edge([0.0, 60090.0], [60000.0, 0.0], bm, sm, [True, False], [False, True])
     assert e is not None
-    assert exec_edge(Decimal("60000"), Decimal("60090"), 5.0, 6.0) == pytest.approx(e.edge_bps, abs=1e-9)
+    assert exec_edge(Decimal(60000), Decimal(60090), 5.0, 6.0) == pytest.approx(e.edge_bps, abs=1e-9)

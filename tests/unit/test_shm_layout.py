@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from kit import unique_run_id
 
 from perpbot.errors import LayoutError
 from perpbot.shm import QuoteBoard, StatusBoard
@@ -19,7 +20,6 @@ from perpbot.shm.layout import (
     segment_names,
 )
 from perpbot.shm.segment import find_stale_segments, remove_segment
-from kit import unique_run_id
 
 
 def test_slot_is_one_cache_line_with_pinned_offsets() -> None:
