@@ -30,7 +30,7 @@ from perpbot.metrics import LocalHistogram
 from perpbot.runctx import RunContext, child_args, die_with_parent, load_run, setup_logging
 from perpbot.shm import QuoteBoard, StatusBoard
 from perpbot.shm.board import BoardWriter
-from perpbot.shm.layout import FeedState, Hop, ProcState, Role
+from perpbot.shm.layout import FeedCounter, FeedState, Hop, ProcState, Role
 
 log = logging.getLogger("perpbot.feed")
 
@@ -181,7 +181,13 @@ class FeedConnection:
         rec["last_recv_ns"] = st.last_recv_ns
         if self.hist.dirty:
             self.status.add_histogram(Hop.FEED_RECV_TO_WRITE, self.hist.drain())
-        self.status.heartbeat(slot, [st.frames, st.quotes, st.parse_errors, st.unknown_symbols, st.reconnects])
+        counters = [0] * len(FeedCounter)
+        counters[FeedCounter.FRAMES] = st.frames
+        counters[FeedCounter.QUOTES] = st.quotes
+        counters[FeedCounter.PARSE_ERRORS] = st.parse_errors
+        counters[FeedCounter.UNKNOWN_SYMBOLS] = st.unknown_symbols
+        counters[FeedCounter.RECONNECTS] = st.reconnects
+        self.status.heartbeat(slot, counters)
 
 
 async def run_feed(ctx: RunContext, venue: str, stop: asyncio.Event) -> None:

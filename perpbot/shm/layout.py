@@ -134,6 +134,29 @@ class ExecCounter(enum.IntEnum):
     RISK_REJECTS = 7
 
 
+class MarketCounter(enum.IntEnum):
+    """The demo market process's counters in its status record (`counters[i]`)."""
+
+    FRAMES_SENT = 0
+    CLIENTS = 1  # connected now
+    DISLOCATIONS = 2
+    QUOTE_UPDATES = 3
+    FRAMES_CONFLATED = 4  # dropped for a paused client because a newer one replaced it
+    CONTROL_FRAMES = 5
+    CONNECTIONS = 6  # accepted since start
+    JUMPS = 7
+
+
+class FeedCounter(enum.IntEnum):
+    """A feed process's counters in its status record (its venue's FEED_DTYPE record has more)."""
+
+    FRAMES = 0
+    QUOTES = 1
+    PARSE_ERRORS = 2
+    UNKNOWN_SYMBOLS = 3
+    RECONNECTS = 4
+
+
 class Hop(enum.IntEnum):
     """Latency histograms kept in the status segment (DESIGN.md, latency accounting)."""
 

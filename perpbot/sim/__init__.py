@@ -9,8 +9,9 @@ Run it in-process with `market = await serve_market(cfg)`; `market.urls`
 names each venue's URL and `await market.close()` stops it.
 """
 
+from perpbot.shm.layout import MarketCounter
 from perpbot.sim.market import Dislocation, DislocationKind, MarketModel, SimQuote
-from perpbot.sim.server import DemoMarket, MarketCounter, MarketStatistics, serve_market
+from perpbot.sim.server import DemoMarket, MarketStatistics, serve_market
 
 __all__ = [
     "DemoMarket",

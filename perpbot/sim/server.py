@@ -22,7 +22,6 @@ it drains, so it never holds the others up.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from perpbot.clock import Clock, now_ns, wall_ns
 from perpbot.config import Config
 from perpbot.feeds.registry import get_feed
 from perpbot.feeds.spec import FeedSpec
+from perpbot.shm.layout import MarketCounter
 from perpbot.sim.encoders import (
     Encoder,
     Instrument,
@@ -61,17 +61,6 @@ _NS_PER_MS = 1_000_000
 _MIN_SLEEP_S = 0.001
 
 
-class MarketCounter(enum.IntEnum):
-    """The market process's counters in its status record (`counters[i]`)."""
-
-    FRAMES_SENT = 0
-    CLIENTS = 1  # connected now
-    DISLOCATIONS = 2
-    QUOTE_UPDATES = 3
-    FRAMES_CONFLATED = 4  # dropped for a paused client because a newer one replaced it
-    CONTROL_FRAMES = 5
-    CONNECTIONS = 6  # accepted since start
-    JUMPS = 7
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,3 +132,19 @@ def test_halt_and_pause_stop_signals(rig, how: str) -> None:
     sc.scan_once()
     assert _received(pull) == []
     assert sc.counters[ScannerCounter.HALTED_SKIPS] == 1
+
+
+def test_opportunity_carries_the_stamps_of_the_tick_that_triggered_it(rig) -> None:
+    cfg, board, status, sc, pull, clock = rig
+    # an edge between venues 0 and 3 is suppressed as a repeat, then a third venue ticks later
+    _quote(board, 0, 0, 59990.0, 60000.0, 1.0, clock.t - 50 * MS)
+    _quote(board, 3, 0, 60090.0, 60100.0, 1.0, clock.t - 40 * MS)
+    sc.scan_once()
+    assert len(_received(pull)) == 1
+    clock.t += 200 * MS
+    _quote(board, 0, 0, 59990.0, 60000.0, 1.0, clock.t - 5 * MS)
+    _quote(board, 1, 0, 60000.0, 60010.0, 1.0, clock.t - 1 * MS)  # not a leg, but the newest change
+    sc.scan_once()
+    (opp,) = _received(pull)
+    assert (opp.buy_venue, opp.sell_venue) == (0, 3)
+    assert opp.ts_recv_ns == clock.t - 1 * MS  # tick->signal measures from the tick that woke us
