@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 BASELINES = {
     "test_seqlock_write": "test_baseline_numpy_slot_write",
     "test_seqlock_read": "test_baseline_numpy_slot_read",
+    "test_change_ring_poll_8x500": "test_baseline_full_scan_8x500",
 }
 
 
