@@ -54,6 +54,9 @@ class VenueConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True
     symbols: dict[str, str]
     taker_fee_bps: Bps
     maker_fee_bps: Bps = 0.0
+    #: base units per contract for venues that quote sizes in contracts (OKX ctVal, Gate
+    #: quanto_multiplier), by board symbol; absent symbols are 1.0
+    contract_sizes: dict[str, PosFloat] = {}
     #: websocket URL override; None means the feed spec's public URL (or the demo market's)
     url: str | None = None
     #: names of environment variables holding credentials (never the secrets themselves)
@@ -77,6 +80,9 @@ class FeedConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True)
     reconnect_max_ms: PosInt = 5000
     #: reconnect when a connection has been silent this long
     silent_reconnect_ms: PosInt = 5000
+    #: a subscribed symbol without an update this long is counted stale (the scanner
+    #: separately ignores quotes older than $.scanner.stale_after_ms)
+    symbol_stale_ms: PosInt = 10000
     #: how often counters and the heartbeat reach the status segment
     heartbeat_ms: PosInt = 200
     #: at most one QUOTE_UPDATED event per symbol per interval; 0 disables them
@@ -328,6 +334,12 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(
                     f"{base}.symbols.{sym}",
                     f"unknown symbol; allowed (from $.symbols): {', '.join(cfg.symbols)}",
+                )
+        for sym in v.contract_sizes:
+            if sym not in v.symbols:
+                raise ConfigError(
+                    f"{base}.contract_sizes.{sym}",
+                    f"not one of this venue's symbols; allowed: {', '.join(v.symbols)}",
                 )
         for key in ("api_key_env", "api_secret_env"):
             env = getattr(v, key)

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from perpbot.feeds.registry import FEEDS, get_feed
-from perpbot.feeds.spec import ParseError
+from perpbot.feeds.spec import ParseError, ParserContext
 
 
 def frames(path: Path) -> list[bytes]:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("feed", choices=sorted(FEEDS))
     p.add_argument("recording", type=Path)
     args = p.parse_args(argv)
-    parse = get_feed(args.feed).make_parser({})
+    parse = get_feed(args.feed).make_parser(ParserContext())
     data = frames(args.recording)
     quotes: Counter[str] = Counter()
     errors: Counter[str] = Counter()

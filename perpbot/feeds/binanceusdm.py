@@ -14,14 +14,11 @@ Subscribe acks are `{"result":null,"id":N}`; errors carry `"error"`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import orjson
 
-from perpbot.feeds.spec import BBO, FeedSpec, ParseError, Parser, check_quote
-
-_MS = 1_000_000
-_MAX_MS = 10**13  # year 2286: anything later is garbage and would overflow int64 ns
+from perpbot.feeds.spec import BBO, FeedSpec, ParseError, Parser, ParserContext, check_quote, ms_to_ns
 
 
 def subscribe(symbols: Sequence[str]) -> list[bytes]:
@@ -30,7 +27,9 @@ def subscribe(symbols: Sequence[str]) -> list[bytes]:
     return [orjson.dumps({"method": "SUBSCRIBE", "params": params, "id": 1})]
 
 
-def parse(frame: bytes) -> list[BBO]:
+def parse(frame: bytes, binary: bool = False) -> list[BBO]:
+    if binary:
+        raise ParseError("unexpected_binary", f"{len(frame)} bytes")
     try:
         msg = orjson.loads(frame)
     except orjson.JSONDecodeError:
@@ -57,14 +56,14 @@ def parse(frame: bytes) -> list[BBO]:
         raise ParseError("missing_field", str(e)) from None
     except (TypeError, ValueError) as e:
         raise ParseError("bad_number", str(e)[:60]) from None
-    if type(sym) is not str or type(ts) is not int or not 0 < ts < _MAX_MS:
-        raise ParseError("bad_field", "symbol or timestamp")
+    if type(sym) is not str:
+        raise ParseError("bad_field", "symbol")
     check_quote(bid, ask, bsz, asz)
-    return [BBO(sym, bid, ask, bsz, asz, ts * _MS)]
+    return [BBO(sym, bid, ask, bsz, asz, ms_to_ns(ts))]
 
 
-def make_parser(contract_sizes: Mapping[str, float]) -> Parser:
-    return parse  # USDⓈ-M linear contracts are quoted in base units
+def make_parser(ctx: ParserContext) -> Parser:
+    return parse  # stateless; USDⓈ-M linear contracts are quoted in base units
 
 
 SPEC = FeedSpec(

@@ -25,7 +25,7 @@ from perpbot.clock import now_ns
 from perpbot.config import Config
 from perpbot.events import EventType
 from perpbot.feeds.registry import get_feed
-from perpbot.feeds.spec import FeedSpec, ParseError, Parser
+from perpbot.feeds.spec import FeedSpec, ParseError, Parser, ParserContext
 from perpbot.metrics import LocalHistogram
 from perpbot.runctx import RunContext, child_args, die_with_parent, load_run, setup_logging
 from perpbot.shm import QuoteBoard, StatusBoard
@@ -107,7 +107,7 @@ class FeedConnection:
         self.writer = writer
         self.status = status
         self.publisher = publisher
-        self.parse: Parser = spec.make_parser({})
+        self.parse: Parser = spec.make_parser(ParserContext())
         symbol_index = {s: i for i, s in enumerate(cfg.symbol_names)}
         self.venue_symbols = list(vcfg.symbols.values())
         #: venue symbol -> (board index, board name)

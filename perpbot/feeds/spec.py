@@ -1,21 +1,28 @@
 """What a venue feed module declares, and the result type of its parser.
 
-A venue is one module in `perpbot/feeds/` exporting `SPEC: FeedSpec`:
+A venue is one module in `perpbot/feeds/` exporting `SPEC: FeedSpec`; the
+registry finds every such module by itself.
 
 required
-    name            registry name, e.g. "binanceusdm"
+    name            registry name, e.g. "binanceusdm" (also the module name)
     public_url      the venue's real market-data URL (paper/readonly/live modes)
-    demo_path       path on the built-in demo market's server for this protocol
-    subscribe       venue symbols -> text frames to send after connecting
-    make_parser     per-symbol contract sizes -> parse(frame) -> list[BBO]
+    demo_path       path of this protocol on the demo market's server
+    subscribe       venue symbols -> text frames to send after connecting ([] if the URL subscribes)
+    make_parser     ParserContext -> a fresh parser (one per connection: parsers may keep state)
 optional
-    ping            application-level keepalive (None: protocol pings only)
+    connections     (base URL, venue symbols) -> [(url, symbols on that connection)]; default one
+                    connection carrying every symbol. Venues that subscribe by URL (Extended)
+                    open one connection per market.
+    ping            application-level keepalive (None: protocol ping frames only, auto-ponged)
     extra_headers   handshake headers (e.g. a User-Agent)
+    binary          True if market data arrives in binary frames (Paradex SBE)
 
-Parsers are pure: one raw frame in, zero or more `BBO` out; control frames
-(acks, pongs) give []; anything malformed raises `ParseError` with a short
-reason. Strings become floats, milliseconds nanoseconds, contracts base units,
-inside the parser and nowhere else.
+Parsers are pure apart from their own book state: one raw frame in, zero or
+more `BBO` out; control frames (acks, greetings) give []; anything malformed
+raises `ParseError` with a short kind; a sequence gap or crossed book that
+needs a fresh snapshot raises `ResyncRequired` (the feed reconnects and
+resubscribes). Strings become floats, milliseconds nanoseconds, contracts
+base units, inside the parser and nowhere else.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 
 class BBO(NamedTuple):
@@ -43,14 +50,37 @@ class ParseError(ValueError):
         super().__init__(f"{kind}: {detail}" if detail else kind)
 
 
-Parser = Callable[[bytes], list[BBO]]
+class ResyncRequired(ParseError):
+    """The parser's book can no longer be trusted (sequence gap, crossed book): resubscribe."""
+
+
+class Parser(Protocol):
+    def __call__(self, frame: bytes, binary: bool = False) -> list[BBO]: ...
+
+
+@dataclass(frozen=True)
+class ParserContext:
+    """What a parser may need to know about the symbols it is given."""
+
+    #: venue symbol -> base units per contract (absent: 1.0). OKX ctVal, Gate quanto_multiplier.
+    contract_sizes: Mapping[str, float] = field(default_factory=dict)
+
+    def contract_size(self, venue_symbol: str) -> float:
+        return self.contract_sizes.get(venue_symbol, 1.0)
 
 
 @dataclass(frozen=True)
 class PingRule:
+    """An application-level ping the client must send, and how to recognise the answer."""
+
     interval_s: float
-    payload: bytes  # sent as a text frame
-    pong: bytes  # prefix of the text reply that answers it
+    payload: Callable[[], bytes]  # sent as a text frame (may carry a timestamp)
+    is_pong: Callable[[bytes], bool]  # True for the venue's reply; it is then not parsed
+
+
+def one_connection(base_url: str, symbols: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """The common case: every symbol on one connection to the base URL."""
+    return [(base_url, list(symbols))]
 
 
 @dataclass(frozen=True)
@@ -59,9 +89,11 @@ class FeedSpec:
     public_url: str
     demo_path: str
     subscribe: Callable[[Sequence[str]], list[bytes]]
-    make_parser: Callable[[Mapping[str, float]], Parser]
+    make_parser: Callable[[ParserContext], Parser]
+    connections: Callable[[str, Sequence[str]], list[tuple[str, list[str]]]] = one_connection
     ping: PingRule | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    binary: bool = False
 
 
 def check_quote(bid: float, ask: float, bid_size: float, ask_size: float) -> None:
@@ -74,3 +106,16 @@ def check_quote(bid: float, ask: float, bid_size: float, ask_size: float) -> Non
         raise ParseError("negative_size")
     if bid > ask:
         raise ParseError("crossed_book", f"bid {bid} > ask {ask}")
+
+
+#: epoch milliseconds past this (year 2286) are garbage and would overflow int64 nanoseconds
+MAX_EPOCH_MS = 10**13
+
+
+def ms_to_ns(ts: object) -> int:
+    """Epoch milliseconds (int or numeric string, as venues send them) -> ns; ParseError if implausible."""
+    if type(ts) is str and ts.isdigit():
+        ts = int(ts)
+    if type(ts) is not int or not 0 < ts < MAX_EPOCH_MS:
+        raise ParseError("bad_timestamp", repr(ts)[:30])
+    return ts * 1_000_000

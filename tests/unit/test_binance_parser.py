@@ -65,7 +65,7 @@ def test_ack_is_not_a_quote() -> None:
         (b'{"data":{"e":"bookTicker","s":"X","b":"nan","a":"2","B":"1","A":"1","T":1}}', "non_finite"),
         (b'{"data":{"e":"bookTicker","s":"X","b":"1e999","a":"2","B":"1","A":"1","T":1}}', "non_finite"),
         (b'{"data":{"e":"bookTicker","s":"X","b":"0","a":"2","B":"1","A":"1","T":1}}', "non_positive_price"),
-        (b'{"data":{"e":"bookTicker","s":"X","b":"1","a":"2","B":"1","A":"1","T":99999999999999999}}', "bad_field"),
+        (b'{"data":{"e":"bookTicker","s":"X","b":"1","a":"2","B":"1","A":"1","T":99999999999999999}}', "bad_timestamp"),
         (b'{"data":{"e":"bookTicker","s":7,"b":"1","a":"2","B":"1","A":"1","T":1}}', "bad_field"),
     ],
 )
