@@ -1,11 +1,17 @@
-"""Feed process: one venue's websocket -> its row of the quote board.
+"""Feed process: one venue's websocket(s) -> its row of the quote board.
 
     python -m perpbot.feeds.process --run-dir DIR --slot N --venue NAME
 
 The frame callback is the hot path: stamp `ts_recv_ns`, parse, map the venue
 symbol to a board index, seqlock-write. Counters are plain Python ints and go
 to the status segment on the heartbeat, never per frame. A malformed frame is
-counted and logged once per kind; it never ends the connection.
+counted and logged once per kind; it never ends the connection. A parser that
+loses its book (`ResyncRequired`) gets a fresh connection and subscription.
+
+Most venues use one connection for every symbol; a venue that subscribes by
+URL (Extended) gets one connection per market. The venue's feed state is
+CONNECTED only while all of its connections are up, and DOWN the moment one
+drops, so the scanner never trades on a dead connection's last quote.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import logging
 import os
 import random
 import signal
-from typing import Any
+from collections.abc import Iterator
 
 import picows
 import zmq
@@ -25,28 +31,24 @@ from perpbot.clock import now_ns
 from perpbot.config import Config
 from perpbot.events import EventType
 from perpbot.feeds.registry import get_feed
-from perpbot.feeds.spec import FeedSpec, ParseError, Parser, ParserContext
+from perpbot.feeds.spec import FeedSpec, ParseError, Parser, ParserContext, ResyncRequired
 from perpbot.metrics import LocalHistogram
 from perpbot.runctx import RunContext, child_args, die_with_parent, load_run, setup_logging
 from perpbot.shm import QuoteBoard, StatusBoard
 from perpbot.shm.board import BoardWriter
-from perpbot.shm.layout import FeedCounter, FeedState, Hop, ProcState, Role
+from perpbot.shm.layout import FeedCounter, FeedKind, FeedState, Hop, ProcState, Role
 
 log = logging.getLogger("perpbot.feed")
+
+#: modes whose feeds connect to the built-in loopback market
+LOOPBACK_MODES = ("demo", "replay")
 
 
 class FeedStats:
     """Process-local counters, flushed to the status segment on the heartbeat."""
 
-    __slots__ = (
-        "error_kinds",
-        "frames",
-        "last_recv_ns",
-        "parse_errors",
-        "quotes",
-        "reconnects",
-        "unknown_symbols",
-    )
+    __slots__ = ("error_kinds", "frames", "last_recv_ns", "parse_errors", "pongs", "quotes", "reconnects",
+                 "resyncs", "unknown_symbols")
 
     def __init__(self) -> None:
         self.frames = 0
@@ -54,99 +56,74 @@ class FeedStats:
         self.parse_errors = 0
         self.unknown_symbols = 0
         self.reconnects = 0
+        self.resyncs = 0
+        self.pongs = 0
         self.last_recv_ns = 0
         self.error_kinds: set[str] = set()
 
 
-def feed_url(ctx: RunContext, venue: str, spec: FeedSpec) -> str:
-    """Where this venue's feed connects: config override, demo market, or the venue itself."""
+def base_url(ctx: RunContext, venue: str, spec: FeedSpec) -> str:
+    """Where this venue's feed connects: config override, loopback market, or the venue itself."""
     vcfg = ctx.cfg.venues[venue]
     if vcfg.url:
         return vcfg.url
-    if ctx.cfg.mode == "demo":
+    if ctx.cfg.mode in LOOPBACK_MODES:
         return ctx.urls[venue]
     return spec.public_url
 
 
-def backoff_delays(initial_ms: int, max_ms: int, rng: random.Random) -> Any:
-    """Jittered exponential backoff ("full jitter"): spreads a reconnect storm across clients."""
+def backoff_delays(initial_ms: int, max_ms: int, rng: random.Random) -> Iterator[float]:
+    """Jittered exponential backoff in seconds: spreads a reconnect storm across clients."""
     cap = initial_ms
     while True:
         yield rng.uniform(cap / 2, cap) / 1000.0
         cap = min(cap * 2, max_ms)
 
 
-class _Listener(picows.WSListener):
-    def __init__(self, feed: FeedConnection) -> None:
-        self.feed = feed
-
-    def on_ws_connected(self, transport: picows.WSTransport) -> None:
-        self.feed.on_connected(transport)
-
-    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
-        t_recv = now_ns()
-        mt = frame.msg_type
-        if mt is picows.WSMsgType.TEXT or mt is picows.WSMsgType.BINARY:
-            self.feed.on_frame(frame.get_payload_as_bytes(), t_recv)
-        elif mt is picows.WSMsgType.CLOSE:
-            transport.disconnect()
-
-    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
-        self.feed.on_disconnected()
-
-
-class FeedConnection:
-    """Owns one venue's connection, its parser and its board row."""
+class VenueFeed:
+    """One venue: its board row, its counters and the connections that feed them."""
 
     def __init__(self, cfg: Config, venue: str, venue_idx: int, spec: FeedSpec, writer: BoardWriter,
                  status: StatusBoard, publisher: EventPublisher | None) -> None:
         vcfg = cfg.venues[venue]
+        self.cfg = cfg
         self.venue = venue
         self.venue_idx = venue_idx
         self.spec = spec
         self.writer = writer
         self.status = status
         self.publisher = publisher
-        self.parse: Parser = spec.make_parser(ParserContext())
         symbol_index = {s: i for i, s in enumerate(cfg.symbol_names)}
         self.venue_symbols = list(vcfg.symbols.values())
         #: venue symbol -> (board index, board name)
         self.sym_map = {vs: (symbol_index[bs], bs) for bs, vs in vcfg.symbols.items()}
+        self.parser_context = ParserContext(
+            {vcfg.symbols[bs]: size for bs, size in vcfg.contract_sizes.items()})
         self.stats = FeedStats()
         self.hist = LocalHistogram()
-        self.transport: picows.WSTransport | None = None
-        self.connected = asyncio.Event()
+        self.connections: list[Connection] = []
+        #: last write per board symbol index, for per-symbol staleness
+        self.last_write_ns = [0] * len(cfg.symbol_names)
         self._quote_interval_ns = cfg.feed.quote_event_interval_ms * 1_000_000
         self._last_event_ns = [0] * len(cfg.symbol_names)
 
-    def on_connected(self, transport: picows.WSTransport) -> None:
-        self.transport = transport
-        for frame in self.spec.subscribe(self.venue_symbols):
-            transport.send(picows.WSMsgType.TEXT, frame)
-        self.stats.last_recv_ns = now_ns()
-        self.status.set_feed_state(self.venue_idx, FeedState.CONNECTED)
-        self.connected.set()
-        log.info("%s: connected, subscribed to %d symbols", self.venue, len(self.venue_symbols))
+    def refresh_state(self) -> None:
+        """CONNECTED only while every connection is up; DOWN as soon as one is not."""
+        up = sum(1 for c in self.connections if c.transport is not None)
+        state = FeedState.CONNECTED if up == len(self.connections) else FeedState.DOWN
+        self.status.feeds[self.venue_idx]["connections_up"] = up
+        if self.status.feed_state(self.venue_idx) != state:
+            self.status.set_feed_state(self.venue_idx, state)
 
-    def on_disconnected(self) -> None:
-        # mark the row unusable at once: the scanner must not trade on a dead feed's last quote
-        self.status.set_feed_state(self.venue_idx, FeedState.DOWN)
-        self.transport = None
-        self.connected.clear()
+    def bad_frame(self, kind: str, detail: str, payload: bytes) -> None:
+        self.stats.parse_errors += 1
+        if kind not in self.stats.error_kinds:
+            self.stats.error_kinds.add(kind)
+            log.warning("%s: bad frame (%s), first of its kind: %r", self.venue, detail, payload[:120])
 
-    def on_frame(self, payload: bytes, t_recv: int) -> None:
+    def write(self, parsed: list, t_recv: int) -> None:  # type: ignore[type-arg]
         st = self.stats
-        st.frames += 1
-        st.last_recv_ns = t_recv
-        try:
-            quotes = self.parse(payload)
-        except ParseError as e:
-            self._bad_frame(e.kind, str(e), payload)
-            return
-        except Exception as e:
-            self._bad_frame(f"parser_bug_{type(e).__name__}", repr(e), payload)
-            return
-        for q in quotes:
+        for q in parsed:
             m = self.sym_map.get(q.symbol)
             if m is None:
                 st.unknown_symbols += 1
@@ -154,21 +131,20 @@ class FeedConnection:
             idx = m[0]
             ts_write = self.writer.write(idx, q.bid, q.ask, q.bid_size, q.ask_size, q.ts_exchange_ns, t_recv)
             st.quotes += 1
+            self.last_write_ns[idx] = ts_write
             self.hist.add(ts_write - t_recv)
             if (self.publisher is not None and self._quote_interval_ns
                     and ts_write - self._last_event_ns[idx] >= self._quote_interval_ns):
-                    self._last_event_ns[idx] = ts_write
-                    self.publisher.publish(EventType.QUOTE_UPDATED, {
-                        "symbol": m[1], "bid": q.bid, "ask": q.ask, "bid_size": q.bid_size,
-                        "ask_size": q.ask_size, "exchange": self.venue, "ts": q.ts_exchange_ns,
-                        "ts_recv_ns": t_recv, "ts_write_ns": ts_write,
-                    })
+                self._last_event_ns[idx] = ts_write
+                self.publisher.publish(EventType.QUOTE_UPDATED, {
+                    "symbol": m[1], "bid": q.bid, "ask": q.ask, "bid_size": q.bid_size,
+                    "ask_size": q.ask_size, "exchange": self.venue, "ts": q.ts_exchange_ns,
+                    "ts_recv_ns": t_recv, "ts_write_ns": ts_write,
+                })
 
-    def _bad_frame(self, kind: str, detail: str, payload: bytes) -> None:
-        self.stats.parse_errors += 1
-        if kind not in self.stats.error_kinds:
-            self.stats.error_kinds.add(kind)
-            log.warning("%s: bad frame (%s), first of its kind: %r", self.venue, detail, payload[:120])
+    def stale_symbols(self, now: int) -> int:
+        limit = self.cfg.feed.symbol_stale_ms * 1_000_000
+        return sum(1 for idx, _ in self.sym_map.values() if now - self.last_write_ns[idx] > limit)
 
     def flush(self, slot: int) -> None:
         st = self.stats
@@ -178,7 +154,9 @@ class FeedConnection:
         rec["parse_errors"] = st.parse_errors
         rec["unknown_symbols"] = st.unknown_symbols
         rec["reconnects"] = st.reconnects
+        rec["resyncs"] = st.resyncs
         rec["last_recv_ns"] = st.last_recv_ns
+        rec["stale_symbols"] = self.stale_symbols(now_ns())
         if self.hist.dirty:
             self.status.add_histogram(Hop.FEED_RECV_TO_WRITE, self.hist.drain())
         counters = [0] * len(FeedCounter)
@@ -188,6 +166,134 @@ class FeedConnection:
         counters[FeedCounter.UNKNOWN_SYMBOLS] = st.unknown_symbols
         counters[FeedCounter.RECONNECTS] = st.reconnects
         self.status.heartbeat(slot, counters)
+
+
+class _Listener(picows.WSListener):
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def on_ws_connected(self, transport: picows.WSTransport) -> None:
+        self.conn.on_connected(transport)
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        t_recv = now_ns()
+        mt = frame.msg_type
+        if mt is picows.WSMsgType.TEXT:
+            self.conn.on_frame(frame.get_payload_as_bytes(), False, t_recv)
+        elif mt is picows.WSMsgType.BINARY:
+            self.conn.on_frame(frame.get_payload_as_bytes(), True, t_recv)
+        elif mt is picows.WSMsgType.CLOSE:
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
+        self.conn.on_disconnected()
+
+
+class Connection:
+    """One websocket of a venue: its URL, its symbols, its own parser state."""
+
+    def __init__(self, feed: VenueFeed, url: str, symbols: list[str]) -> None:
+        self.feed = feed
+        self.url = url
+        self.symbols = symbols
+        self.parse: Parser = feed.spec.make_parser(feed.parser_context)
+        self.transport: picows.WSTransport | None = None
+        self.last_recv_ns = 0
+        ping = feed.spec.ping
+        self._is_pong = ping.is_pong if ping is not None else None
+
+    def on_connected(self, transport: picows.WSTransport) -> None:
+        # a fresh parser per connection: book state never survives a reconnect
+        self.parse = self.feed.spec.make_parser(self.feed.parser_context)
+        self.transport = transport
+        self.last_recv_ns = now_ns()
+        for frame in self.feed.spec.subscribe(self.symbols):
+            transport.send(picows.WSMsgType.TEXT, frame)
+        self.feed.refresh_state()
+        log.info("%s: connected to %s, subscribed to %d symbols", self.feed.venue, self.url, len(self.symbols))
+
+    def on_disconnected(self) -> None:
+        self.transport = None
+        self.feed.refresh_state()
+
+    def on_frame(self, payload: bytes, binary: bool, t_recv: int) -> None:
+        feed = self.feed
+        st = feed.stats
+        st.frames += 1
+        st.last_recv_ns = t_recv
+        self.last_recv_ns = t_recv
+        if self._is_pong is not None and not binary and self._is_pong(payload):
+            st.pongs += 1
+            return
+        try:
+            parsed = self.parse(payload, binary) if binary else self.parse(payload)
+        except ResyncRequired as e:
+            st.resyncs += 1
+            feed.bad_frame(e.kind, f"{e}; resubscribing", payload)
+            if self.transport is not None:
+                self.transport.disconnect()
+            return
+        except ParseError as e:
+            feed.bad_frame(e.kind, str(e), payload)
+            return
+        except Exception as e:
+            feed.bad_frame(f"parser_bug_{type(e).__name__}", repr(e), payload)
+            return
+        if parsed:
+            feed.write(parsed, t_recv)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep this connection up until `stop`: connect, ping, watch for silence, back off."""
+        feed = self.feed
+        fcfg = feed.cfg.feed
+        spec = feed.spec
+        rng = random.Random()
+        delays = backoff_delays(fcfg.reconnect_initial_ms, fcfg.reconnect_max_ms, rng)
+        first = True
+        while not stop.is_set():
+            if not first:
+                feed.stats.reconnects += 1
+            first = False
+            try:
+                transport, _ = await picows.ws_connect(
+                    lambda: _Listener(self), self.url, extra_headers=dict(spec.extra_headers) or None,
+                    websocket_handshake_timeout=5,
+                )
+            except (TimeoutError, OSError, picows.WSError) as e:
+                delay = next(delays)
+                log.warning("%s: connect to %s failed (%s); retry in %.0f ms", feed.venue, self.url, e, delay * 1000)
+                await _sleep_or_stop(stop, delay)
+                continue
+            delays = backoff_delays(fcfg.reconnect_initial_ms, fcfg.reconnect_max_ms, rng)
+            pinger = asyncio.create_task(self._ping(transport)) if spec.ping is not None else None
+            stop_wait = asyncio.create_task(stop.wait())
+            closed = asyncio.create_task(transport.wait_disconnected())
+            await asyncio.wait({stop_wait, closed}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            if pinger is not None:
+                pinger.cancel()
+            if not closed.done():
+                transport.send_close()
+                transport.disconnect()
+                await closed
+                return
+            log.warning("%s: disconnected from %s", feed.venue, self.url)
+            await _sleep_or_stop(stop, next(delays))
+
+    async def _ping(self, transport: picows.WSTransport) -> None:
+        rule = self.feed.spec.ping
+        assert rule is not None
+        while not transport.is_disconnected:
+            await asyncio.sleep(rule.interval_s)
+            if not transport.is_disconnected:
+                transport.send(picows.WSMsgType.TEXT, rule.payload())
+
+
+async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), delay)
+    except TimeoutError:
+        pass
 
 
 async def run_feed(ctx: RunContext, venue: str, stop: asyncio.Event) -> None:
@@ -200,13 +306,16 @@ async def run_feed(ctx: RunContext, venue: str, stop: asyncio.Event) -> None:
     zctx = zmq.Context()
     publisher = EventPublisher(zctx, ctx.endpoints, f"feed-{venue}")
     writer = board.writer(venue_idx)
-    feed = FeedConnection(cfg, venue, venue_idx, spec, writer, status, publisher)
+    feed = VenueFeed(cfg, venue, venue_idx, spec, writer, status, publisher)
+    feed.connections = [Connection(feed, url, syms) for url, syms in spec.connections(
+        base_url(ctx, venue, spec), feed.venue_symbols)]
     status.register_proc(ctx.slot, f"feed-{venue}", Role.FEED, os.getpid())
-    url = feed_url(ctx, venue, spec)
+    status.feeds[venue_idx]["kind"] = FeedKind.NATIVE
+    status.set_feed_state(venue_idx, FeedState.CONNECTING)
     hb_task = asyncio.create_task(_heartbeat(ctx, feed, stop))
     try:
         status.set_proc_state(ctx.slot, ProcState.RUNNING)
-        await _connect_loop(ctx, feed, url, stop)
+        await asyncio.gather(*(c.run(stop) for c in feed.connections))
     finally:
         hb_task.cancel()
         try:
@@ -224,48 +333,7 @@ async def run_feed(ctx: RunContext, venue: str, stop: asyncio.Event) -> None:
         status.close()
 
 
-async def _connect_loop(ctx: RunContext, feed: FeedConnection, url: str, stop: asyncio.Event) -> None:
-    fcfg = ctx.cfg.feed
-    delays = backoff_delays(fcfg.reconnect_initial_ms, fcfg.reconnect_max_ms, random.Random())
-    first = True
-    while not stop.is_set():
-        if not first:
-            feed.stats.reconnects += 1
-        first = False
-        feed.status.set_feed_state(feed.venue_idx, FeedState.CONNECTING)
-        try:
-            transport, _ = await picows.ws_connect(
-                lambda: _Listener(feed), url, extra_headers=dict(feed.spec.extra_headers) or None,
-                websocket_handshake_timeout=5,
-            )
-        except (TimeoutError, OSError, picows.WSError) as e:
-            feed.status.set_feed_state(feed.venue_idx, FeedState.DOWN)
-            delay = next(delays)
-            log.warning("%s: connect to %s failed (%s); retry in %.0f ms", feed.venue, url, e, delay * 1000)
-            await _sleep_or_stop(stop, delay)
-            continue
-        delays = backoff_delays(fcfg.reconnect_initial_ms, fcfg.reconnect_max_ms, random.Random())
-        stop_wait = asyncio.create_task(stop.wait())
-        closed = asyncio.create_task(transport.wait_disconnected())
-        await asyncio.wait({stop_wait, closed}, return_when=asyncio.FIRST_COMPLETED)
-        stop_wait.cancel()
-        if not closed.done():
-            transport.send_close()
-            transport.disconnect()
-            await closed
-            return
-        log.warning("%s: disconnected", feed.venue)
-        await _sleep_or_stop(stop, next(delays))
-
-
-async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), delay)
-    except TimeoutError:
-        pass
-
-
-async def _heartbeat(ctx: RunContext, feed: FeedConnection, stop: asyncio.Event) -> None:
+async def _heartbeat(ctx: RunContext, feed: VenueFeed, stop: asyncio.Event) -> None:
     fcfg = ctx.cfg.feed
     silent_ns = fcfg.silent_reconnect_ms * 1_000_000
     period = fcfg.heartbeat_ms / 1000.0
@@ -274,15 +342,17 @@ async def _heartbeat(ctx: RunContext, feed: FeedConnection, stop: asyncio.Event)
         await asyncio.sleep(period)
         feed.flush(ctx.slot)
         t = now_ns()
-        tr = feed.transport
-        if tr is not None and t - feed.stats.last_recv_ns > silent_ns:
-            # open but silent (e.g. a wrong routed path fails silently): drop and reconnect
-            log.warning("%s: silent for %d ms, reconnecting", feed.venue, fcfg.silent_reconnect_ms)
-            feed.status.set_feed_state(feed.venue_idx, FeedState.STALE)
-            tr.disconnect()
+        for c in feed.connections:
+            tr = c.transport
+            if tr is not None and t - c.last_recv_ns > silent_ns:
+                # open but silent (e.g. a wrong routed path fails silently): drop and reconnect
+                log.warning("%s: %s silent for %d ms, reconnecting", feed.venue, c.url, fcfg.silent_reconnect_ms)
+                feed.status.set_feed_state(feed.venue_idx, FeedState.STALE)
+                tr.disconnect()
         if feed.publisher is not None and t - last_event > 1_000_000_000:
             last_event = t
-            feed.publisher.heartbeat("connected" if tr is not None else "down")
+            up = all(c.transport is not None for c in feed.connections)
+            feed.publisher.heartbeat("connected" if up else "down")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ MAX_PROCS = 64
 BOARD_MAGIC = b"PBQBOARD"
 STATUS_MAGIC = b"PBSTATUS"
 BOARD_LAYOUT_VERSION = 1
-STATUS_LAYOUT_VERSION = 1
+STATUS_LAYOUT_VERSION = 2
 
 #: capacity of each venue's ring of changed symbol indices (power of two)
 RING_CAPACITY = 1024
@@ -201,6 +201,11 @@ GLOBAL_DTYPE = np.dtype(
     ]
 )
 
+class FeedKind(enum.IntEnum):
+    NATIVE = 0  # picows + orjson, parser in perpbot/feeds/<venue>.py
+    CCXT = 1  # ccxt.pro's own client: slower, for venues without a native feed
+
+
 FEED_DTYPE = np.dtype(
     [
         ("state", "<u4"),
@@ -212,6 +217,10 @@ FEED_DTYPE = np.dtype(
         ("last_recv_ns", "<i8"),
         ("connected_ns", "<i8"),
         ("state_changed_ns", "<i8"),
+        ("stale_symbols", "<u4"),  # subscribed symbols without an update for feed.symbol_stale_ms
+        ("connections_up", "<u4"),  # of the venue's connections (Extended opens one per market)
+        ("resyncs", "<u4"),  # book resubscriptions forced by a sequence gap or crossed book
+        ("kind", "<u4"),  # FeedKind
     ]
 )
 

@@ -9,6 +9,7 @@ from perpbot.errors import LayoutError
 from perpbot.shm import QuoteBoard, StatusBoard
 from perpbot.shm.layout import (
     BOARD_LAYOUT_VERSION,
+    FEED_DTYPE,
     GLOBAL_DTYPE,
     HEADER_DTYPE,
     PROC_DTYPE,
@@ -35,7 +36,8 @@ def test_record_sizes_and_versions() -> None:
     assert HEADER_DTYPE.itemsize == 64
     assert GLOBAL_DTYPE.itemsize == 64
     assert PROC_DTYPE.itemsize == 112
-    assert (BOARD_LAYOUT_VERSION, STATUS_LAYOUT_VERSION) == (1, 1)
+    assert FEED_DTYPE.itemsize == 80
+    assert (BOARD_LAYOUT_VERSION, STATUS_LAYOUT_VERSION) == (1, 2)
 
 
 def test_board_offsets_are_cache_aligned() -> None:
