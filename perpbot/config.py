@@ -27,7 +27,7 @@ Bps = Annotated[float, msgspec.Meta(ge=0, le=1000)]
 
 Mode = Literal["demo", "replay", "paper", "readonly", "live"]
 #: Modes whose whole path exists in this build; the others are refused at start-up.
-AVAILABLE_MODES: tuple[str, ...] = ("demo", "paper")
+AVAILABLE_MODES: tuple[str, ...] = ("demo", "paper", "replay")
 PollPolicy = Literal["spin", "hybrid", "sleep"]
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
@@ -154,6 +154,25 @@ class DemoConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True)
     venues: dict[str, DemoVenueConfig] = {}
 
 
+class ReplayConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Replay mode: a recording (`perpbot-record`'s format) played through the loopback servers.
+
+    One venue serves the recording: `venue`, or by default the first venue in
+    config order whose feed matches the recording's URL (the host of the feed's
+    public URL, or the feed's demo path for a recording of the demo market).
+    The other venues' servers run too, but send no data.
+    """
+
+    #: the recording; a relative path is taken from the working directory of perpbot-launch
+    file: str
+    #: 1.0 plays at the recorded pace, 10.0 ten times faster
+    speed: PosFloat = 1.0
+    #: ignore `speed`: send each frame as soon as the subscribers take it
+    as_fast_as_possible: bool = False
+    #: the venue that serves the recording; None: the first whose feed matches it
+    venue: str | None = None
+
+
 class Config(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     symbols: dict[str, SymbolConfig]
     venues: dict[str, VenueConfig]
@@ -164,6 +183,8 @@ class Config(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     exec: ExecConfig = ExecConfig()
     risk: RiskConfig = RiskConfig()
     demo: DemoConfig = DemoConfig()
+    #: required in replay mode
+    replay: ReplayConfig | None = None
 
     @property
     def venue_names(self) -> tuple[str, ...]:
@@ -371,3 +392,32 @@ def _validate(cfg: Config) -> None:
                 )
         if cfg.demo.dislocation_max_ms < cfg.demo.dislocation_min_ms:
             raise ConfigError("$.demo.dislocation_max_ms", "must be >= $.demo.dislocation_min_ms")
+    if cfg.replay is not None and cfg.replay.venue is not None and cfg.replay.venue not in cfg.venues:
+        raise ConfigError("$.replay.venue", f"unknown venue; allowed: {', '.join(cfg.venues)}")
+    if cfg.mode == "replay":
+        _validate_replay(cfg)
+
+
+def _validate_replay(cfg: Config) -> None:
+    """Replay mode needs a readable recording and a venue whose feed speaks it."""
+    # imported here: the recording format and the servers are only needed in replay mode
+    from perpbot.record import RecordingError, recording_url
+    from perpbot.sim.replay import replay_venue
+
+    if cfg.replay is None:
+        raise ConfigError("$.replay.file", "replay mode needs a recording to play: set $.replay.file")
+    path = cfg.replay.file
+    try:
+        url = recording_url(path)
+    except OSError as e:
+        raise ConfigError("$.replay.file", f"cannot read recording {path}: {e.strerror or e}") from None
+    except RecordingError as e:
+        raise ConfigError("$.replay.file", f"{path} is not a recording: {e}") from None
+    if replay_venue(cfg, url) is not None:
+        return
+    if cfg.replay.venue is not None:
+        feed = cfg.venues[cfg.replay.venue].feed
+        raise ConfigError("$.replay.venue", f"speaks feed {feed!r}, which does not match the recording of {url}")
+    feeds = sorted({v.feed for v in cfg.venues.values()})
+    raise ConfigError("$.replay.file", f"no venue's feed matches the recording of {url}; "
+                                       f"the venues speak: {', '.join(feeds)}")

@@ -2,7 +2,7 @@
 
     perpbot-launch --config config.yaml [--duration SECONDS]
 
-Start order: demo market (demo mode), exec (binds the opportunity socket),
+Start order: loopback market (demo and replay modes), exec (binds the opportunity socket),
 feeds, scanner; each must report RUNNING in the status segment before the next
 starts (the ready handshake). Ctrl-C, SIGTERM, `--duration` or a crashed child
 stop everything in reverse order; the segments and the run directory are
@@ -103,7 +103,7 @@ class Launcher:
     def start_children(self) -> None:
         cfg = self.cfg
         slot = LAUNCHER_SLOT + 1
-        if cfg.mode == "demo":
+        if cfg.mode in ("demo", "replay"):  # the market process serves a replay in replay mode
             market = Child("market", "perpbot.sim.process", slot)
             slot += 1
             self._spawn(market)

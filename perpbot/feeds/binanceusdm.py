@@ -18,7 +18,16 @@ from collections.abc import Sequence
 
 import orjson
 
-from perpbot.feeds.spec import BBO, FeedSpec, ParseError, Parser, ParserContext, check_quote, ms_to_ns
+from perpbot.feeds.spec import (
+    BBO,
+    MAX_EPOCH_MS,
+    FeedSpec,
+    ParseError,
+    Parser,
+    ParserContext,
+    check_quote,
+    ms_to_ns,
+)
 
 
 def subscribe(symbols: Sequence[str]) -> list[bytes]:
@@ -27,13 +36,40 @@ def subscribe(symbols: Sequence[str]) -> list[bytes]:
     return [orjson.dumps({"method": "SUBSCRIBE", "params": params, "id": 1})]
 
 
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+_new_bbo = tuple.__new__  # a BBO without NamedTuple's argument handling: this is the hot path
+_INF = float("inf")
+_MAX_MS = MAX_EPOCH_MS
+
+
 def parse(frame: bytes, binary: bool = False) -> list[BBO]:
     if binary:
         raise ParseError("unexpected_binary", f"{len(frame)} bytes")
     try:
-        msg = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        raise ParseError("not_json", frame[:60].decode(errors="replace")) from None
+        msg = _loads(frame)
+    except _JSONDecodeError:
+        raise ParseError("not_json", bytes(frame[:60]).decode(errors="replace")) from None
+    # fast path: a well-formed combined-stream bookTicker, checked inline
+    try:
+        data = msg["data"]
+        if data["e"] == "bookTicker":
+            sym = data["s"]
+            bid = float(data["b"])
+            ask = float(data["a"])
+            bsz = float(data["B"])
+            asz = float(data["A"])
+            ts = data["T"]
+            if (0.0 < bid <= ask < _INF and 0.0 <= bsz < _INF and 0.0 <= asz < _INF
+                    and type(sym) is str and type(ts) is int and 0 < ts < _MAX_MS):
+                return [_new_bbo(BBO, (sym, bid, ask, bsz, asz, ts * 1_000_000))]
+    except (KeyError, TypeError, ValueError, IndexError):
+        pass
+    return _parse_slow(msg)
+
+
+def _parse_slow(msg: object) -> list[BBO]:
+    """Everything off the fast path: control frames, the raw-stream form, and naming what is wrong."""
     if type(msg) is not dict:
         raise ParseError("unexpected_shape", "top level is not an object")
     data = msg.get("data", msg)

@@ -42,6 +42,8 @@ log = logging.getLogger("perpbot.feed")
 
 #: modes whose feeds connect to the built-in loopback market
 LOOPBACK_MODES = ("demo", "replay")
+#: the receive->write histogram takes one write in 8: an unbiased sample at an eighth of the cost
+HIST_SAMPLE_MASK = 7
 
 
 class FeedStats:
@@ -123,16 +125,18 @@ class VenueFeed:
 
     def write(self, parsed: list, t_recv: int) -> None:  # type: ignore[type-arg]
         st = self.stats
+        write = self.writer.write
         for q in parsed:
-            m = self.sym_map.get(q.symbol)
+            m = self.sym_map.get(q[0])
             if m is None:
                 st.unknown_symbols += 1
                 continue
             idx = m[0]
-            ts_write = self.writer.write(idx, q.bid, q.ask, q.bid_size, q.ask_size, q.ts_exchange_ns, t_recv)
-            st.quotes += 1
+            ts_write = write(idx, q[1], q[2], q[3], q[4], q[5], t_recv)
+            n = st.quotes = st.quotes + 1
             self.last_write_ns[idx] = ts_write
-            self.hist.add(ts_write - t_recv)
+            if not n & HIST_SAMPLE_MASK:
+                self.hist.add(ts_write - t_recv)
             if (self.publisher is not None and self._quote_interval_ns
                     and ts_write - self._last_event_ns[idx] >= self._quote_interval_ns):
                 self._last_event_ns[idx] = ts_write

@@ -1,4 +1,4 @@
-"""The demo market as a PerpBot child process.
+"""The loopback market as a PerpBot child process: the demo market, or a replay in replay mode.
 
     python -m perpbot.sim.process --run-dir DIR --slot N
 
@@ -22,10 +22,12 @@ from pathlib import Path
 import orjson
 import uvloop
 
+from perpbot.config import Config
 from perpbot.runctx import RunContext, child_args, die_with_parent, load_run, setup_logging
 from perpbot.shm.layout import ProcState, Role
 from perpbot.shm.status import StatusBoard
-from perpbot.sim.server import serve_market
+from perpbot.sim.replay import serve_replay
+from perpbot.sim.server import LoopbackMarket, serve_market
 
 MARKET_FILE = "market.json"
 
@@ -47,8 +49,15 @@ def read_market_file(run_dir: Path) -> dict[str, str] | None:
     return urls
 
 
+async def start_market(cfg: Config) -> LoopbackMarket:
+    """The market the config's mode asks for, started: a replay in replay mode, else the demo market."""
+    if cfg.mode == "replay":
+        return await serve_replay(cfg)
+    return await serve_market(cfg)
+
+
 async def run_market(ctx: RunContext, log: logging.Logger) -> int:
-    """Serve the demo market until SIGTERM/SIGINT; return the process exit code."""
+    """Serve the market until SIGTERM/SIGINT; return the process exit code."""
     cfg = ctx.cfg
     slot = ctx.slot
     status = StatusBoard.attach(ctx.status_name, cfg.venue_names, cfg.symbol_names)
@@ -59,16 +68,16 @@ async def run_market(ctx: RunContext, log: logging.Logger) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            market = await serve_market(cfg)
+            market = await start_market(cfg)
         except Exception:
-            log.exception("cannot start the demo market")
+            log.exception("cannot start the %s market", cfg.mode)
             status.set_proc_state(slot, ProcState.FAULTED)
             return 1
         code = 0
         try:
             write_market_file(ctx.run_dir, market.urls)
             status.set_proc_state(slot, ProcState.RUNNING)
-            log.info("demo market up: %s", " ".join(f"{v}={u}" for v, u in market.urls.items()))
+            log.info("%s market up: %s", market.kind, " ".join(f"{v}={u}" for v, u in market.urls.items()))
             beat_s = cfg.feed.heartbeat_ms / 1000
             while not stop.is_set():
                 try:
@@ -84,7 +93,7 @@ async def run_market(ctx: RunContext, log: logging.Logger) -> int:
             await market.close()
             status.heartbeat(slot, market.counters())
         status.set_proc_state(slot, ProcState.FAULTED if code else ProcState.STOPPED)
-        log.info("demo market stopped: %s", market.statistics())
+        log.info("%s market stopped: %s", market.kind, market.statistics())
         return code
     finally:
         status.close()

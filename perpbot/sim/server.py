@@ -1,20 +1,33 @@
 """The demo market's loopback websocket servers: one port per venue, all in one asyncio loop.
 
-Each venue's server speaks its `feed` protocol: the path is the feed spec's
-`demo_path`, the frames come from `perpbot.sim.encoders`, and a small
-`ProtocolHandler` turns the client's URL and control frames into the set of
-topics it receives. A connection on any other path is accepted and answered
-but never gets data, like a real venue's wrong routed path.
+Each venue's server speaks its feed's protocol, a `SimProtocol` from
+`perpbot.sim.protocols` made for the feed spec's `demo_path`. The server owns
+sockets, subscription bookkeeping and flow control; the protocol owns every
+byte on the wire:
 
-One task drives the `MarketModel`: it sleeps until the model's next event,
-advances it to the monotonic clock, encodes each changed quote once and sends
-the same bytes to every subscriber. Exchange timestamps are wall-clock epoch
-ms, the only wall time used. A client whose socket buffer is over its high
-watermark (`pause_writing`) is conflated to the latest frame per symbol until
-it drains, so it never holds the others up.
+- on connect: `route(path)` names the URL's topics (None: a wrong path, accepted
+  and answered but never sent data, like a real venue's wrong routed path),
+  then the `greeting()` frames go out, then a `snapshot()` per URL topic;
+- every client frame, text or binary, goes to `on_message`; its replies go
+  back first, then a `snapshot()` for each newly subscribed topic, all in the
+  same callback, so both precede any data for the topic;
+- a quote change is encoded once by `quote()` and the same bytes go to every
+  subscriber, text or binary as the returned `Frame` says.
+
+A client whose socket buffer is over its high watermark (`pause_writing`) is
+conflated to the latest frame per symbol until it drains, so it never holds
+the others up. A symbol whose frames were dropped that way is resent as a
+fresh snapshot when the protocol has one (a lost delta would corrupt the
+client's book), else as the latest frame.
+
+`DemoMarket` drives the servers from the `MarketModel`: one task sleeps until
+the model's next event, advances it to the monotonic clock and publishes each
+changed quote. Exchange timestamps are wall-clock epoch ms, the only wall time
+used. `perpbot.sim.replay.ReplayMarket` drives the same servers from a
+recording instead.
 
     market = await serve_market(cfg)        # binds every venue on cfg.demo.host, port 0
-    market.urls["okx"]                      # ws://127.0.0.1:40123/public/stream
+    market.urls["okx"]                      # ws://127.0.0.1:40123/ws/v5/public
     ...
     await market.close()
 """
@@ -23,12 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self
-from urllib.parse import parse_qs
 
-import orjson
 from picows import (
     WSCloseCode,
     WSFrame,
@@ -44,28 +56,23 @@ from perpbot.config import Config
 from perpbot.feeds.registry import get_feed
 from perpbot.feeds.spec import FeedSpec
 from perpbot.shm.layout import MarketCounter
-from perpbot.sim.encoders import (
-    Encoder,
-    Instrument,
-    binanceusdm_error,
-    binanceusdm_result,
-    get_encoder,
-)
-from perpbot.sim.market import MarketModel, SimQuote
+from perpbot.sim.market import MarketModel, SimQuote, decimals
+from perpbot.sim.protocol import Frame, Instrument, Session, SimProtocol
+from perpbot.sim.protocols import get_protocol
 
 log = logging.getLogger("perpbot.sim")
 
 _NS_PER_MS = 1_000_000
 #: uvloop's timers have 1 ms resolution and round a shorter wait to zero, which spins the loop
 #: (measured: ~5000 passes/s instead of ~350); events closer than this share one pass
-_MIN_SLEEP_S = 0.001
-
-
+MIN_SLEEP_S = 0.001
+#: protocols build frames with f-strings: anything else in a symbol could break the text
+_SAFE_SYMBOL = re.compile(r"^[A-Za-z0-9_.:/-]+$")
 
 
 @dataclass(frozen=True, slots=True)
 class MarketStatistics:
-    """A snapshot of the demo market's counters."""
+    """A snapshot of a loopback market's counters (replay: quote_updates are frames replayed)."""
 
     frames_sent: int
     frames_conflated: int
@@ -89,90 +96,38 @@ class _Counters:
         self.control_frames = 0
 
 
-# -- protocol handlers ------------------------------------------------------------------
+# -- one connection ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ProtocolHandler:
-    """How one protocol's clients choose what they receive."""
+class Client(WSListener):
+    """One connection's session (topics), flow-control state and conflation buffer."""
 
-    #: (request path with query, the spec's demo_path) -> topics named in the URL,
-    #: or None when the path is not the protocol's route (connection stays silent)
-    url_topics: Callable[[str, str], list[str] | None]
-    #: (text frame from the client, its topic set, mutated in place) -> reply or None
-    on_text: Callable[[bytes, set[str]], bytes | None]
-
-
-def _binance_stream(name: str) -> str:
-    # Binance matches the symbol part case-insensitively; the channel is exact
-    sym, at, channel = name.partition("@")
-    return f"{sym.lower()}{at}{channel}"
-
-
-def binanceusdm_url_topics(path: str, demo_path: str) -> list[str] | None:
-    """`/public/stream?streams=btcusdt@bookTicker/ethusdt@bookTicker` -> the two stream names."""
-    route, _, query = path.partition("?")
-    if route.rstrip("/") != demo_path.rstrip("/"):
-        return None
-    streams = parse_qs(query).get("streams", [])
-    return [_binance_stream(s) for value in streams for s in value.split("/") if s]
-
-
-def binanceusdm_on_text(payload: bytes, topics: set[str]) -> bytes | None:
-    """Answer one Binance request frame: SUBSCRIBE, UNSUBSCRIBE or LIST_SUBSCRIPTIONS."""
-    try:
-        msg = orjson.loads(payload)
-    except orjson.JSONDecodeError as e:
-        return binanceusdm_error(3, f"Invalid JSON: {e}")
-    if type(msg) is not dict:
-        return binanceusdm_error(2, "Invalid request: expected an object")
-    rid = msg.get("id")
-    if rid is not None and (type(rid) is not int or rid < 0):
-        return binanceusdm_error(2, "Invalid request: request ID must be an unsigned integer")
-    method = msg.get("method")
-    if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
-        params = msg.get("params")
-        if type(params) is not list or not all(type(p) is str for p in params):
-            return binanceusdm_error(
-                2, "Invalid request: params must be a list of stream names", rid
-            )
-        names = [_binance_stream(p) for p in params]
-        if method == "SUBSCRIBE":
-            topics.update(names)
-        else:
-            topics.difference_update(names)
-        return binanceusdm_result(rid)
-    if method == "LIST_SUBSCRIPTIONS":
-        return binanceusdm_result(rid, sorted(topics))
-    return binanceusdm_error(
-        2,
-        f"Invalid request: unknown variant {method!r}, expected one of "
-        "SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS",
-        rid,
-    )
-
-
-#: feed name -> how its clients subscribe (keys match `perpbot.sim.encoders.ENCODERS`)
-HANDLERS: dict[str, ProtocolHandler] = {
-    "binanceusdm": ProtocolHandler(binanceusdm_url_topics, binanceusdm_on_text),
-}
-
-
-# -- one venue ------------------------------------------------------------------------------
-
-
-class _Client(WSListener):
-    """One connection's subscriptions and flow-control state."""
-
-    def __init__(self, venue: VenueServer, topics: set[str], routed: bool) -> None:
+    def __init__(self, venue: VenueServer, session: Session, routed: bool) -> None:
         super().__init__()
         self.venue = venue
-        self.topics = topics
+        self.session = session
         #: False on a wrong path: requests are answered but no data is ever sent
         self.routed = routed
         self.transport: WSTransport | None = None
         self.paused = False
-        self.pending: dict[int, bytes] = {}  # symbol index -> latest frame while paused
+        self.pending: dict[int, Frame] = {}  # symbol index -> latest data frame while paused
+        self.conflated: set[int] = set()  # symbols with a frame dropped while paused
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    @property
+    def topics(self) -> set[str]:
+        """The topics this connection is subscribed to (the protocol keeps them in the session)."""
+        return self.session.topics
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is open."""
+        return self.transport is not None and not self.transport.is_disconnected
+
+    async def wait_drained(self) -> None:
+        """Return once the socket buffer is below its high watermark (or the connection is gone)."""
+        await self._drained.wait()
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -181,48 +136,61 @@ class _Client(WSListener):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         mt = frame.msg_type
         if mt == WSMsgType.TEXT or mt == WSMsgType.BINARY:
-            self.venue._control(self, frame.get_payload_as_bytes())
+            self.venue._on_message(self, frame.get_payload_as_bytes(), mt == WSMsgType.BINARY)
         elif mt == WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.venue._disconnected(self)
+        self._drained.set()  # nobody may wait on a dead connection
 
     def pause_writing(self) -> None:
         self.paused = True
+        self._drained.clear()
 
     def resume_writing(self) -> None:
         self.paused = False
         pending, self.pending = self.pending, {}
-        for frame in pending.values():
-            self.send(frame)
+        conflated, self.conflated = self.conflated, set()
+        for si, frame in pending.items():
+            snap = self.venue.snapshot_frame(si) if si in conflated else None
+            # deliver, not send: flushing may pass the high watermark again
+            self.deliver(si, snap if snap is not None else frame)
+        if not self.paused:
+            self._drained.set()
 
-    def deliver(self, symbol_idx: int, frame: bytes) -> None:
+    def deliver(self, symbol_idx: int, frame: Frame) -> None:
+        """Send a data frame now, or keep it as the symbol's latest while paused."""
         if self.paused:
             if symbol_idx in self.pending:
                 self.venue.counters.frames_conflated += 1
+                self.conflated.add(symbol_idx)
             self.pending[symbol_idx] = frame
             return
         self.send(frame)
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: Frame) -> None:
+        """Send one frame at once (text or binary as the frame says), never conflated."""
         tr = self.transport
         if tr is not None and not tr.is_disconnected:
-            tr.send(WSMsgType.TEXT, frame)
+            tr.send(WSMsgType.BINARY if frame.binary else WSMsgType.TEXT, frame.payload)
             self.venue.counters.frames_sent += 1
+
+
+# -- one venue ------------------------------------------------------------------------------
 
 
 class VenueServer:
     """One simulated venue: a websocket server speaking its feed's protocol for its symbols."""
 
-    def __init__(self, venue: str, cfg: Config, model: MarketModel, counters: _Counters) -> None:
+    def __init__(self, venue: str, cfg: Config, counters: _Counters, *, wall_clock: Clock = wall_ns) -> None:
         vc = cfg.venues[venue]
         self.venue = venue
         self.spec: FeedSpec = get_feed(vc.feed)
-        self.encoder: Encoder = get_encoder(vc.feed)
-        self.handler: ProtocolHandler = HANDLERS[vc.feed]
+        self.proto: SimProtocol = get_protocol(vc.feed)(self.spec.demo_path)
         self.counters = counters
+        self._wall = wall_clock
         n = len(cfg.symbol_names)
         self._instruments: list[Instrument | None] = [None] * n
         self._topic_symbol: dict[str, int] = {}
@@ -230,21 +198,38 @@ class VenueServer:
             venue_sym = vc.symbols.get(board_sym)
             if venue_sym is None:
                 continue
-            inst = self.encoder.instrument(
-                venue_sym, model.price_decimals(board_sym), model.size_decimals(board_sym)
+            if not _SAFE_SYMBOL.match(venue_sym):
+                raise ValueError(f"venue symbol {venue_sym!r} has characters the demo market cannot send")
+            sc = cfg.symbols[board_sym]
+            inst = Instrument(
+                venue_sym, self.proto.topic(venue_sym), decimals(sc.tick_size), decimals(sc.lot_size),
+                vc.contract_sizes.get(board_sym, 1.0),
             )
             self._instruments[si] = inst
             self._topic_symbol[inst.topic] = si
-        self._subs: list[set[_Client]] = [set() for _ in range(n)]
+        self._subs: list[set[Client]] = [set() for _ in range(n)]
         self._update_ids = [0] * n
-        self._clients: set[_Client] = set()
+        #: the last quote published per symbol: what a snapshot shows (None: no snapshot yet)
+        self._last: list[SimQuote | None] = [None] * n
+        self._clients: set[Client] = set()
         self._server: asyncio.AbstractServer | None = None
+        #: called after a routed client's topics changed (the replay starts on the first one)
+        self.on_topics_changed: Callable[[Client], None] | None = None
         self.url = ""
 
     @property
-    def clients(self) -> tuple[_Client, ...]:
-        """Connected clients (for tests and diagnostics)."""
+    def clients(self) -> tuple[Client, ...]:
+        """Connected clients (for tests, diagnostics and the replay)."""
         return tuple(self._clients)
+
+    @property
+    def instruments(self) -> tuple[Instrument | None, ...]:
+        """Per board symbol index, the venue's instrument (None where the venue does not list it)."""
+        return tuple(self._instruments)
+
+    def known(self, topic: str) -> bool:
+        """True if the topic names one of this venue's configured symbols."""
+        return topic in self._topic_symbol
 
     async def start(self, host: str, port: int = 0) -> str:
         """Bind and listen; return the URL a feed connects to."""
@@ -269,33 +254,49 @@ class VenueServer:
             await self._server.wait_closed()
             self._server = None
 
+    def seed(self, symbol_idx: int, q: SimQuote) -> None:
+        """Set the quote a snapshot shows before the first change is published."""
+        self._last[symbol_idx] = q
+
     def publish(self, symbol_idx: int, q: SimQuote, ts_ms: int) -> None:
         """Send one quote change to the symbol's subscribers (encoded once for all)."""
         uid = self._update_ids[symbol_idx] + 1
         self._update_ids[symbol_idx] = uid
-        subs = self._subs[symbol_idx]
-        if not subs:
-            return
+        self._last[symbol_idx] = q
         inst = self._instruments[symbol_idx]
         assert inst is not None
-        frame = self.encoder.quote(inst, q, uid, ts_ms)
-        for c in tuple(subs):
-            c.deliver(symbol_idx, frame)
+        # encoded even with no subscriber: a delta protocol's state must see every change
+        frame = self.proto.quote(inst, q, uid, ts_ms)
+        subs = self._subs[symbol_idx]
+        if subs:
+            for c in tuple(subs):
+                c.deliver(symbol_idx, frame)
 
-    # -- called by _Client ----------------------------------------------------------
+    def snapshot_frame(self, symbol_idx: int) -> Frame | None:
+        """The protocol's snapshot of the symbol's last quote, or None (no snapshots, or no quote yet)."""
+        q = self._last[symbol_idx]
+        inst = self._instruments[symbol_idx]
+        if q is None or inst is None:
+            return None
+        return self.proto.snapshot(inst, q, self._update_ids[symbol_idx], self._wall() // _NS_PER_MS)
+
+    # -- called by Client ----------------------------------------------------------
 
     def _accept(self, request: WSUpgradeRequest) -> WSListener:
         path = request.path.decode("utf-8", errors="replace")
-        topics = self.handler.url_topics(path, self.spec.demo_path)
-        return _Client(self, set(topics or ()), routed=topics is not None)
+        topics = self.proto.route(path)
+        session = Session(set(topics or ()), known=self.known)
+        return Client(self, session, routed=topics is not None)
 
-    def _connected(self, c: _Client) -> None:
+    def _connected(self, c: Client) -> None:
         self._clients.add(c)
         self.counters.clients += 1
         self.counters.connections += 1
+        for f in self.proto.greeting():
+            c.send(f)
         self._index(c, set())
 
-    def _disconnected(self, c: _Client) -> None:
+    def _disconnected(self, c: Client) -> None:
         if c not in self._clients:
             return
         self._clients.discard(c)
@@ -303,45 +304,49 @@ class VenueServer:
         for subs in self._subs:
             subs.discard(c)
 
-    def _control(self, c: _Client, payload: bytes) -> None:
+    def _on_message(self, c: Client, payload: bytes, binary: bool) -> None:
         self.counters.control_frames += 1
         before = set(c.topics)
-        reply = self.handler.on_text(payload, c.topics)
+        for f in self.proto.on_message(payload, binary, c.session):
+            c.send(f)
         self._index(c, before)
-        # the ack goes out before any data for the new topics: both happen in this callback
-        if reply is not None and c.transport is not None and not c.transport.is_disconnected:
-            c.transport.send(WSMsgType.TEXT, reply)
 
-    def _index(self, c: _Client, before: set[str]) -> None:
-        if not c.routed:
+    def _index(self, c: Client, before: set[str]) -> None:
+        if not c.routed or c.topics == before:
             return
         for t in before - c.topics:
             si = self._topic_symbol.get(t)
             if si is not None:
                 self._subs[si].discard(c)
                 c.pending.pop(si, None)
+                c.conflated.discard(si)
         for t in c.topics - before:
             si = self._topic_symbol.get(t)
             if si is not None:
                 self._subs[si].add(c)
+                snap = self.snapshot_frame(si)
+                if snap is not None:
+                    c.deliver(si, snap)
+        if self.on_topics_changed is not None:
+            self.on_topics_changed(c)
 
 
-# -- the whole market -------------------------------------------------------------------------
+# -- a whole market -------------------------------------------------------------------------
 
 
-class DemoMarket:
-    """Every configured venue's server plus the task that moves prices."""
+class LoopbackMarket:
+    """Every configured venue's server plus the one task that feeds them (`_run`)."""
 
-    def __init__(self, cfg: Config, *, clock: Clock = now_ns, wall_clock: Clock = wall_ns) -> None:
+    #: what the market is called in logs and task names
+    kind = "loopback"
+
+    def __init__(self, cfg: Config, *, wall_clock: Clock = wall_ns) -> None:
         self.cfg = cfg
-        self._clock = clock
         self._wall = wall_clock
-        self.model = MarketModel(cfg, start_ns=clock())
         self._counters = _Counters()
         self.venues: dict[str, VenueServer] = {
-            v: VenueServer(v, cfg, self.model, self._counters) for v in cfg.venue_names
+            v: VenueServer(v, cfg, self._counters, wall_clock=wall_clock) for v in cfg.venue_names
         }
-        self._by_index = [self.venues[v] for v in self.model.venues]
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
 
@@ -351,7 +356,7 @@ class DemoMarket:
         return {v: s.url for v, s in self.venues.items()}
 
     async def start(self, host: str | None = None) -> dict[str, str]:
-        """Bind every venue on `host` (default `cfg.demo.host`), port 0, and start ticking."""
+        """Bind every venue on `host` (default `cfg.demo.host`), port 0, and start the feeding task."""
         bind = host if host is not None else self.cfg.demo.host
         try:
             for vs in self.venues.values():
@@ -359,12 +364,12 @@ class DemoMarket:
         except BaseException:
             await self.close()
             raise
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="demo-market")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"{self.kind}-market")
         self._task.add_done_callback(self._task_done)
         return self.urls
 
     async def close(self) -> None:
-        """Stop ticking, close every connection and server. Safe to call twice."""
+        """Stop the feeding task, close every connection and server. Safe to call twice."""
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
@@ -382,15 +387,15 @@ class DemoMarket:
         await self.close()
 
     def error(self) -> BaseException | None:
-        """Why the ticking task died, if it did (the market then sends nothing)."""
+        """Why the feeding task died, if it did (the market then sends nothing)."""
         return self._error
 
     def statistics(self) -> MarketStatistics:
+        """The server counters plus what the data source counts."""
         c = self._counters
-        m = self.model.statistics()
         return MarketStatistics(
             c.frames_sent, c.frames_conflated, c.clients, c.connections, c.control_frames,
-            m.quote_changes, m.dislocations_started, m.jumps, m.lags,
+            *self._source_counts(),
         )
 
     def counters(self) -> list[int]:
@@ -407,6 +412,41 @@ class DemoMarket:
         out[MarketCounter.JUMPS] = s.jumps
         return out
 
+    def _source_counts(self) -> tuple[int, int, int, int]:
+        """(quote updates, dislocations started, jumps, lags) of the data source."""
+        return (0, 0, 0, 0)
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._error = exc
+            log.error("%s market stopped feeding", self.kind, exc_info=exc)
+
+
+class DemoMarket(LoopbackMarket):
+    """The servers fed by the seeded `MarketModel`."""
+
+    kind = "demo"
+
+    def __init__(self, cfg: Config, *, clock: Clock = now_ns, wall_clock: Clock = wall_ns) -> None:
+        super().__init__(cfg, wall_clock=wall_clock)
+        self._clock = clock
+        self.model = MarketModel(cfg, start_ns=clock())
+        self._by_index = [self.venues[v] for v in self.model.venues]
+        for vi, vs in enumerate(self._by_index):
+            for si, inst in enumerate(vs.instruments):
+                if inst is not None:
+                    vs.seed(si, self.model.quote_at(vi, si))
+
+    def _source_counts(self) -> tuple[int, int, int, int]:
+        m = self.model.statistics()
+        return (m.quote_changes, m.dislocations_started, m.jumps, m.lags)
+
     async def _run(self) -> None:
         model, clock, wall, venues = self.model, self._clock, self._wall, self._by_index
         while True:
@@ -416,15 +456,7 @@ class DemoMarket:
                 for vi, si in changed:
                     venues[vi].publish(si, model.quote_at(vi, si), ts_ms)
             wait_s = (model.next_event_ns() - clock()) / 1e9
-            await asyncio.sleep(max(wait_s, _MIN_SLEEP_S))
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            self._error = exc
-            log.error("demo market stopped ticking", exc_info=exc)
+            await asyncio.sleep(max(wait_s, MIN_SLEEP_S))
 
 
 async def serve_market(

@@ -23,11 +23,15 @@ from perpbot.feeds import binanceusdm
 from perpbot.feeds.spec import BBO, ParseError
 from perpbot.runctx import CONFIG_COPY, write_run_file
 from perpbot.shm.layout import ProcState, Role
+from perpbot.sim.market import SimQuote
 from perpbot.sim.process import MARKET_FILE, read_market_file
-from perpbot.sim.server import DemoMarket, MarketCounter, serve_market
+from perpbot.sim.protocol import Frame, Instrument, Session
+from perpbot.sim.protocols.binanceusdm import BinanceUsdmProtocol
+from perpbot.sim.server import DemoMarket, MarketCounter, VenueServer, serve_market
 
 #: generous deadlines for a loaded 2-core machine; nothing asserts how fast things happen
 DEADLINE_S = 10.0
+T_MS = 1_700_000_000_000
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -215,7 +219,7 @@ def test_a_paused_client_is_conflated_and_does_not_hold_up_others(run: Runner) -
             assert 1 <= len(server_slow.pending) <= 2  # only the latest frame per symbol is kept
             while not slow.frames.empty():
                 slow.frames.get_nowait()
-            latest = {orjson.loads(f)["data"]["u"] for f in server_slow.pending.values()}
+            latest = {orjson.loads(f.payload)["data"]["u"] for f in server_slow.pending.values()}
             server_slow.resume_writing()
             assert not server_slow.pending
             # the conflated frames are flushed on resume (after any sent before the pause)
@@ -328,3 +332,145 @@ def test_market_process_handshake_serve_and_stop(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# -- the SimProtocol hooks, with a toy protocol and scripted quotes -------------------------
+
+
+class Toy(BinanceUsdmProtocol):
+    """Binance's topics and requests, plus a greeting, snapshots, binary requests and binary data."""
+
+    def greeting(self) -> list[Frame]:
+        return [Frame(b'{"hello":"toy"}')]
+
+    def on_message(self, payload: bytes, binary: bool, session: Session) -> list[Frame]:
+        if binary:
+            return [Frame(b"echo:" + payload, binary=True)]
+        if payload == b"known?":
+            asked = ["btcusdt@bookTicker", "dogeusdt@bookTicker"]
+            return [Frame(orjson.dumps({t: session.known(t) for t in asked}))]
+        return super().on_message(payload, binary, session)
+
+    def snapshot(self, inst: Instrument, q: SimQuote, update_id: int, ts_ms: int) -> Frame | None:
+        return Frame(orjson.dumps({"snapshot": inst.topic, "u": update_id, "b": q.bid}))
+
+    def quote(self, inst: Instrument, q: SimQuote, update_id: int, ts_ms: int) -> Frame:
+        return Frame(orjson.dumps({"delta": inst.topic, "u": update_id, "b": q.bid}), binary=True)
+
+
+class RawClient(picows.WSListener):
+    """Queues every text or binary frame as (binary, payload)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: asyncio.Queue[tuple[bool, bytes]] = asyncio.Queue()
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        if frame.msg_type in (picows.WSMsgType.TEXT, picows.WSMsgType.BINARY):
+            self.frames.put_nowait((frame.msg_type == picows.WSMsgType.BINARY, frame.get_payload_as_bytes()))
+        elif frame.msg_type == picows.WSMsgType.CLOSE:
+            transport.disconnect()
+
+    async def next(self) -> tuple[bool, Any]:
+        binary, raw = await asyncio.wait_for(self.frames.get(), DEADLINE_S)
+        return binary, (raw if raw.startswith(b"echo:") else orjson.loads(raw))
+
+
+async def toy_venue(cfg: Any) -> tuple[DemoMarket, VenueServer]:
+    """A market whose `okx` venue speaks `Toy`, bound but not ticking: the test publishes every quote."""
+    market = DemoMarket(cfg)
+    vs = market.venues["okx"]
+    vs.proto = Toy(vs.spec.demo_path)
+    await vs.start("127.0.0.1")
+    return market, vs
+
+
+async def _until(cond: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not cond():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+
+
+def test_greeting_then_snapshot_then_binary_data(run: Runner) -> None:
+    async def scenario() -> None:
+        market, vs = await toy_venue(make_config())
+        try:
+            btc0 = market.model.quote("okx", "BTC-PERP")
+            tr, cl = await picows.ws_connect(RawClient, vs.url + "?streams=btcusdt@bookTicker")
+            assert isinstance(cl, RawClient)
+            assert await cl.next() == (False, {"hello": "toy"})
+            # the URL's topic gets its image at once: the model's quote, before any change
+            assert await cl.next() == (False, {"snapshot": "btcusdt@bookTicker", "u": 0, "b": btc0.bid})
+            vs.publish(0, SimQuote(100.0, 100.5, 1.0, 1.0), T_MS)
+            assert await cl.next() == (True, {"delta": "btcusdt@bookTicker", "u": 1, "b": 100.0})
+
+            # nobody has ETH yet: encoded (the protocol sees every change) but sent to no-one
+            vs.publish(1, SimQuote(50.0, 50.5, 1.0, 1.0), T_MS + 1)
+            send_json(tr, {"method": "SUBSCRIBE", "params": ["ethusdt@bookTicker"], "id": 2})
+            # the ack, then the image of the last published quote, then data: all in order
+            assert await cl.next() == (False, {"result": None, "id": 2})
+            assert await cl.next() == (False, {"snapshot": "ethusdt@bookTicker", "u": 1, "b": 50.0})
+            vs.publish(1, SimQuote(51.0, 51.5, 1.0, 1.0), T_MS + 2)
+            assert await cl.next() == (True, {"delta": "ethusdt@bookTicker", "u": 2, "b": 51.0})
+
+            # binary requests reach on_message as binary; replies go back as the Frame says
+            tr.send(picows.WSMsgType.BINARY, b"\x01\x02")
+            assert await cl.next() == (True, b"echo:\x01\x02")
+            # the session knows which topics this venue lists
+            tr.send(picows.WSMsgType.TEXT, b"known?")
+            assert await cl.next() == (False, {"btcusdt@bookTicker": True, "dogeusdt@bookTicker": False})
+            assert cl.frames.empty()
+            tr.disconnect()
+        finally:
+            await market.close()
+
+    run(scenario())
+
+
+def test_wrong_path_gets_the_greeting_and_replies_but_no_snapshot_or_data(run: Runner) -> None:
+    async def scenario() -> None:
+        market, vs = await toy_venue(make_config())
+        try:
+            base = vs.url.removesuffix(vs.spec.demo_path)
+            tr, cl = await picows.ws_connect(RawClient, base + "/elsewhere?streams=btcusdt@bookTicker")
+            assert isinstance(cl, RawClient)
+            assert await cl.next() == (False, {"hello": "toy"})
+            send_json(tr, {"method": "SUBSCRIBE", "params": ["ethusdt@bookTicker"], "id": 1})
+            assert await cl.next() == (False, {"result": None, "id": 1})
+            vs.publish(0, SimQuote(100.0, 100.5, 1.0, 1.0), T_MS)
+            vs.publish(1, SimQuote(50.0, 50.5, 1.0, 1.0), T_MS)
+            tr.send(picows.WSMsgType.BINARY, b"x")  # a round trip: anything sent before it has arrived
+            assert await cl.next() == (True, b"echo:x")
+            assert cl.frames.empty()
+            tr.disconnect()
+        finally:
+            await market.close()
+
+    run(scenario())
+
+
+def test_a_conflated_symbol_is_resent_as_a_snapshot(run: Runner) -> None:
+    async def scenario() -> None:
+        market, vs = await toy_venue(make_config())
+        try:
+            tr, cl = await picows.ws_connect(RawClient, vs.url + "?streams=btcusdt@bookTicker/ethusdt@bookTicker")
+            assert isinstance(cl, RawClient)
+            await _until(lambda: len(vs.clients) == 1)
+            (server_side,) = vs.clients
+            for _ in range(3):  # greeting and two snapshots
+                await cl.next()
+            server_side.pause_writing()
+            vs.publish(0, SimQuote(100.0, 100.5, 1.0, 1.0), T_MS)
+            vs.publish(0, SimQuote(101.0, 101.5, 1.0, 1.0), T_MS + 1)  # replaces the first: a delta lost
+            vs.publish(1, SimQuote(50.0, 50.5, 1.0, 1.0), T_MS + 2)  # only one: kept as it is
+            assert market.statistics().frames_conflated == 1
+            server_side.resume_writing()
+            # in pending order: BTC's image (its delta was lost), then ETH's one delta as it was
+            assert await cl.next() == (False, {"snapshot": "btcusdt@bookTicker", "u": 2, "b": 101.0})
+            assert await cl.next() == (True, {"delta": "ethusdt@bookTicker", "u": 1, "b": 50.0})
+            tr.disconnect()
+        finally:
+            await market.close()
+
+    run(scenario())
