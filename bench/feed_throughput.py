@@ -54,9 +54,11 @@ def firehose_frames(venue: str) -> list[tuple[bytes, bool]]:
         snap = proto.snapshot(inst, quotes[board][0], 1, 1_790_000_000_000)
         if snap is not None:
             out.append((snap.payload, snap.binary))
+    update_ids = dict.fromkeys(quotes, 1)  # per symbol, as venues number their updates
     for i in range(STREAM):
         board, inst = insts[i % len(insts)]
-        f = proto.quote(inst, quotes[board][i % 64], i + 2, 1_790_000_000_000 + i)
+        update_ids[board] += 1
+        f = proto.quote(inst, quotes[board][(i // len(insts)) % 64], update_ids[board], 1_790_000_000_000 + i)
         out.append((f.payload, f.binary))
     return out
 
@@ -104,9 +106,12 @@ def serve(venue: str, port_file: Path, seconds: float) -> None:
             asyncio.get_running_loop().call_soon(self.pump)
 
         def pump(self) -> None:
-            # a sequence-numbered protocol sees a jump when the stream wraps: at most one resync per lap
             while self.raw is not None and not self.paused and not self.raw.is_closing():
-                self.raw.write(blobs[self.i % len(blobs)])
+                k = self.i % len(blobs)
+                if k == 0 and self.i:
+                    # the stream starts over: fresh snapshots, as a venue re-snapshots, keep sequences whole
+                    self.raw.write(head)
+                self.raw.write(blobs[k])
                 self.i += 1
 
     async def main() -> None:

@@ -60,6 +60,9 @@ class VenueConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True
     #: websocket URL override; None means the feed spec's public URL (or the demo market's)
     url: str | None = None
     #: names of environment variables holding credentials (never the secrets themselves)
+    #: ccxt feeds only: markets (unified symbol -> ccxt market) preset from this JSON file instead
+    #: of loading them from the venue at start-up
+    ccxt_markets_file: str | None = None
     api_key_env: str | None = None
     api_secret_env: str | None = None
 
@@ -158,9 +161,10 @@ class ReplayConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     """Replay mode: a recording (`perpbot-record`'s format) played through the loopback servers.
 
     One venue serves the recording: `venue`, or by default the first venue in
-    config order whose feed matches the recording's URL (the host of the feed's
-    public URL, or the feed's demo path for a recording of the demo market).
-    The other venues' servers run too, but send no data.
+    config order whose feed speaks it. A recording is a feed's when its URL has
+    the host of the feed's public URL or, for a recording of the demo market,
+    lies under the feed's demo path (the longest such path wins). The other
+    venues' servers run too, but send no data.
     """
 
     #: the recording; a relative path is taken from the working directory of perpbot-launch
@@ -324,6 +328,7 @@ def _literal_values(typ: Any) -> tuple[str, ...]:
 
 def _validate(cfg: Config) -> None:
     """Cross-field checks msgspec cannot express."""
+    from perpbot.feeds.ccxt_generic import is_ccxt_feed
     from perpbot.feeds.registry import FEEDS
 
     if cfg.mode not in AVAILABLE_MODES:
@@ -346,8 +351,18 @@ def _validate(cfg: Config) -> None:
         base = f"$.venues.{vname}"
         if not re.match(r"^[a-z0-9_]{1,15}$", vname):
             raise ConfigError(base, "venue names are 1-15 characters of a-z, 0-9 and _")
-        if v.feed not in FEEDS:
-            raise ConfigError(f"{base}.feed", f"unknown feed {v.feed!r}; allowed: {', '.join(sorted(FEEDS))}")
+        try:
+            ccxt_id = is_ccxt_feed(v.feed)
+        except ValueError as e:
+            raise ConfigError(f"{base}.feed", str(e)) from None
+        if ccxt_id is None and v.feed not in FEEDS:
+            raise ConfigError(f"{base}.feed",
+                              f"unknown feed {v.feed!r}; allowed: {', '.join(sorted(FEEDS))}, or ccxt:<ccxt id>")
+        if ccxt_id is not None and cfg.mode in ("demo", "replay"):
+            raise ConfigError(f"{base}.feed", f"a ccxt.pro feed reads a real venue; mode {cfg.mode!r} serves only "
+                              f"native protocols ({', '.join(sorted(FEEDS))}); use mode paper")
+        if v.ccxt_markets_file is not None and ccxt_id is None:
+            raise ConfigError(f"{base}.ccxt_markets_file", "only for a ccxt:<id> feed")
         if not v.symbols:
             raise ConfigError(f"{base}.symbols", "at least one symbol is required")
         for sym in v.symbols:

@@ -218,6 +218,7 @@ class _Connection(picows.WSListener):
         self.transport: picows.WSTransport | None = None
         self.received = 0
         self.sent = 0
+        self.closing = False  # set when the recorder itself ends the session
         self.closed = asyncio.Event()
 
     def on_ws_connected(self, transport: picows.WSTransport) -> None:
@@ -237,6 +238,8 @@ class _Connection(picows.WSListener):
             transport.disconnect()
 
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
+        if not self.closing:
+            log.warning("%s closed by the venue after %d frames; not reconnected", self.url, self.received)
         self.closed.set()
 
     def send(self, frame: bytes) -> None:
@@ -299,6 +302,8 @@ async def record(
         for task in tasks:
             task.cancel()
         dropped = sum(1 for c in conns if c.closed.is_set())
+        for c in conns:
+            c.closing = True
         for c in conns:
             if c.transport is not None and not c.transport.is_disconnected:
                 c.transport.send_close(picows.WSCloseCode.OK)

@@ -3,8 +3,8 @@
 
     python tools/parse_recording.py binanceusdm tests/data/recorded/BINANCE_FUTURES.ws.1.0
 
-Recording format (cryptofeed's): a first line `URL <-> T`, then `T: FRAME` per
-received frame (sent frames have `URL <- T:` and are skipped). Prints frames,
+Recording format: `perpbot-record`'s, which is cryptofeed's (see perpbot/record.py);
+only received frames are parsed. Prints frames,
 quotes per symbol, parse errors by kind with one example each, and the parse
 cost per frame (median, p99) measured on this machine.
 """
@@ -20,15 +20,12 @@ from pathlib import Path
 
 from perpbot.feeds.registry import FEEDS, get_feed
 from perpbot.feeds.spec import ParseError, ParserContext
+from perpbot.record import read_recording
 
 
-def frames(path: Path) -> list[bytes]:
-    out = []
-    for line in path.read_text().splitlines()[1:]:
-        head, sep, frame = line.partition(": ")
-        if sep and "<-" not in head:
-            out.append(frame.encode())
-    return out
+def frames(path: Path) -> list[tuple[bytes, bool]]:
+    """Every received frame of every connection in the recording, with its binary flag."""
+    return [(f.payload, f.binary) for conn in read_recording(path) for f in conn.received]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     errors: Counter[str] = Counter()
     examples: dict[str, bytes] = {}
     costs = []
-    for f in data:
+    for f, binary in data:
         t0 = time.perf_counter_ns()
         try:
-            out = parse(f)
+            out = parse(f, True) if binary else parse(f)
         except ParseError as e:
             errors[e.kind] += 1
             examples.setdefault(e.kind, f[:100])

@@ -170,6 +170,8 @@ def market_units(market: Mapping[str, Any] | None, override: float | None = None
     A market that is not a contract (spot) trades in base units. A contract
     market without a `contractSize` is taken as 1 contract = 1 base unit,
     which is what ccxt means for the perp DEXes (Hyperliquid, dYdX, Paradex).
+    For an inverse market the size (market's or override) is in quote
+    currency per contract, as ccxt has it (Binance COIN-M: 100 USD).
     """
     inverse = bool(market and market.get("inverse"))
     if override is not None:
@@ -532,7 +534,10 @@ class CcxtVenueFeed:
 
     async def _watch_bids_asks(self, exchange: Any) -> None:
         symbols = self.venue_symbols
-        seen: dict[str, object] = dict.fromkeys(symbols)
+        # what ccxt cached before this session is old news (it survives a reconnect): never
+        # write it with a fresh receive stamp, only what this session brings
+        cache = getattr(exchange, "bidsasks", None) or {}
+        seen: dict[str, object] = {s: cache.get(s) for s in symbols}
         handle = self.handle
         while True:
             try:
@@ -683,7 +688,8 @@ async def run_ccxt_feed(ctx: RunContext, venue: str, stop: asyncio.Event, *,
         feed.flush(ctx.slot)
         if exchange is not None:
             try:
-                await exchange.close()
+                await drop_ws_clients(exchange)
+                await exchange.close()  # the HTTP session and connector
             except Exception as e:
                 log.warning("%s: closing ccxt exchange: %r", venue, e)
         status.set_proc_state(ctx.slot, final_state)
@@ -729,11 +735,7 @@ async def _sessions(ctx: RunContext, feed: CcxtVenueFeed, exchange: Any, stop: a
         feed.set_state(FeedState.DOWN)
         if feed.got_data:
             delays = fresh_delays()
-        # drop whatever ccxt still holds for this connection; the next watch dials afresh
-        try:
-            await exchange.close_ws_clients()
-        except Exception as e:
-            log.debug("%s: closing ccxt clients: %r", feed.venue, e)
+        await drop_ws_clients(exchange)
         delay = next(delays)
         log.warning("%s: %s; retry in %.0f ms", feed.venue, why, delay * 1000)
         try:
@@ -779,6 +781,33 @@ async def _one_session(ctx: RunContext, feed: CcxtVenueFeed, exchange: Any, stop
         await asyncio.gather(session, stop_wait, return_exceptions=True)
 
 
+async def drop_ws_clients(exchange: Any, timeout_s: float = 2.0) -> None:
+    """Forget ccxt's websocket clients so that the next watch dials afresh, and close them.
+
+    ccxt reuses a client whose connection future is done; it forgets one only
+    when the server closes it. A client we give up on (silent, failed) is
+    therefore detached first, then closed with a time limit: closing waits for
+    the peer's close frame, which a dead peer never sends.
+    """
+    clients = dict(getattr(exchange, "clients", None) or {})
+    exchange.clients = {}
+    for c in clients.values():
+        # ccxt's on_close forgets "the client for this URL" unless the closing one carries an
+        # error, and by then that may be the new client: mark the old ones (as ccxt itself does
+        # when it abandons a book it cannot resync)
+        if getattr(c, "error", None) is None:
+            c.error = WatchClosed("dropped by the feed")
+    closes = [asyncio.ensure_future(c.close()) for c in clients.values()]
+    if not closes:
+        return
+    done, pending = await asyncio.wait(closes, timeout=timeout_s)
+    for t in pending:
+        t.cancel()
+    for t in done:
+        if not t.cancelled() and t.exception() is not None:
+            log.debug("closing a ccxt client: %r", t.exception())
+
+
 def _unwrap(exc: BaseException | None) -> BaseException | None:
     """The first real exception inside (nested) exception groups from the per-symbol TaskGroup."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -810,6 +839,7 @@ __all__ = (
     "ccxt_exchange_ids",
     "choose_method",
     "describe",
+    "drop_ws_clients",
     "feed_ws_url",
     "fresh_updates",
     "is_ccxt_feed",

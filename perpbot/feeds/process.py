@@ -31,7 +31,7 @@ from perpbot.clock import now_ns
 from perpbot.config import Config
 from perpbot.events import EventType
 from perpbot.feeds.registry import get_feed
-from perpbot.feeds.spec import FeedSpec, ParseError, Parser, ParserContext, ResyncRequired
+from perpbot.feeds.spec import BBO, FeedSpec, ParseError, Parser, ParserContext, ResyncRequired
 from perpbot.metrics import LocalHistogram
 from perpbot.runctx import RunContext, child_args, die_with_parent, load_run, setup_logging
 from perpbot.shm import QuoteBoard, StatusBoard
@@ -49,8 +49,8 @@ HIST_SAMPLE_MASK = 7
 class FeedStats:
     """Process-local counters, flushed to the status segment on the heartbeat."""
 
-    __slots__ = ("error_kinds", "frames", "last_recv_ns", "parse_errors", "pongs", "quotes", "reconnects",
-                 "resyncs", "unknown_symbols")
+    __slots__ = ("error_kinds", "frames", "parse_errors", "pongs", "quotes", "reconnects", "resyncs",
+                 "unknown_symbols")
 
     def __init__(self) -> None:
         self.frames = 0
@@ -60,7 +60,6 @@ class FeedStats:
         self.reconnects = 0
         self.resyncs = 0
         self.pongs = 0
-        self.last_recv_ns = 0
         self.error_kinds: set[str] = set()
 
 
@@ -106,7 +105,8 @@ class VenueFeed:
         self.connections: list[Connection] = []
         #: last write per board symbol index, for per-symbol staleness
         self.last_write_ns = [0] * len(cfg.symbol_names)
-        self._quote_interval_ns = cfg.feed.quote_event_interval_ms * 1_000_000
+        # 0 disables the events: an interval no write ever reaches
+        self._quote_interval_ns = cfg.feed.quote_event_interval_ms * 1_000_000 or 2**63
         self._last_event_ns = [0] * len(cfg.symbol_names)
 
     def refresh_state(self) -> None:
@@ -123,28 +123,25 @@ class VenueFeed:
             self.stats.error_kinds.add(kind)
             log.warning("%s: bad frame (%s), first of its kind: %r", self.venue, detail, payload[:120])
 
-    def write(self, parsed: list, t_recv: int) -> None:  # type: ignore[type-arg]
+    def write_one(self, q: BBO, t_recv: int) -> None:
         st = self.stats
-        write = self.writer.write
-        for q in parsed:
-            m = self.sym_map.get(q[0])
-            if m is None:
-                st.unknown_symbols += 1
-                continue
-            idx = m[0]
-            ts_write = write(idx, q[1], q[2], q[3], q[4], q[5], t_recv)
-            n = st.quotes = st.quotes + 1
-            self.last_write_ns[idx] = ts_write
-            if not n & HIST_SAMPLE_MASK:
-                self.hist.add(ts_write - t_recv)
-            if (self.publisher is not None and self._quote_interval_ns
-                    and ts_write - self._last_event_ns[idx] >= self._quote_interval_ns):
-                self._last_event_ns[idx] = ts_write
-                self.publisher.publish(EventType.QUOTE_UPDATED, {
-                    "symbol": m[1], "bid": q.bid, "ask": q.ask, "bid_size": q.bid_size,
-                    "ask_size": q.ask_size, "exchange": self.venue, "ts": q.ts_exchange_ns,
-                    "ts_recv_ns": t_recv, "ts_write_ns": ts_write,
-                })
+        m = self.sym_map.get(q[0])
+        if m is None:
+            st.unknown_symbols += 1
+            return
+        idx = m[0]
+        ts_write = self.writer.write(idx, q[1], q[2], q[3], q[4], q[5], t_recv)
+        n = st.quotes = st.quotes + 1
+        self.last_write_ns[idx] = ts_write
+        if not n & HIST_SAMPLE_MASK:
+            self.hist.add(ts_write - t_recv)
+        if ts_write - self._last_event_ns[idx] >= self._quote_interval_ns and self.publisher is not None:
+            self._last_event_ns[idx] = ts_write
+            self.publisher.publish(EventType.QUOTE_UPDATED, {
+                "symbol": m[1], "bid": q.bid, "ask": q.ask, "bid_size": q.bid_size,
+                "ask_size": q.ask_size, "exchange": self.venue, "ts": q.ts_exchange_ns,
+                "ts_recv_ns": t_recv, "ts_write_ns": ts_write,
+            })
 
     def stale_symbols(self, now: int) -> int:
         limit = self.cfg.feed.symbol_stale_ms * 1_000_000
@@ -159,7 +156,7 @@ class VenueFeed:
         rec["unknown_symbols"] = st.unknown_symbols
         rec["reconnects"] = st.reconnects
         rec["resyncs"] = st.resyncs
-        rec["last_recv_ns"] = st.last_recv_ns
+        rec["last_recv_ns"] = max((c.last_recv_ns for c in self.connections), default=0)
         rec["stale_symbols"] = self.stale_symbols(now_ns())
         if self.hist.dirty:
             self.status.add_histogram(Hop.FEED_RECV_TO_WRITE, self.hist.drain())
@@ -221,30 +218,28 @@ class Connection:
         self.feed.refresh_state()
 
     def on_frame(self, payload: bytes, binary: bool, t_recv: int) -> None:
+        """One frame: every quote in it reaches the board, in arrival order."""
         feed = self.feed
         st = feed.stats
         st.frames += 1
-        st.last_recv_ns = t_recv
         self.last_recv_ns = t_recv
+        parsed: list[BBO] | tuple[()] = ()
         if self._is_pong is not None and not binary and self._is_pong(payload):
             st.pongs += 1
-            return
-        try:
-            parsed = self.parse(payload, binary) if binary else self.parse(payload)
-        except ResyncRequired as e:
-            st.resyncs += 1
-            feed.bad_frame(e.kind, f"{e}; resubscribing", payload)
-            if self.transport is not None:
-                self.transport.disconnect()
-            return
-        except ParseError as e:
-            feed.bad_frame(e.kind, str(e), payload)
-            return
-        except Exception as e:
-            feed.bad_frame(f"parser_bug_{type(e).__name__}", repr(e), payload)
-            return
-        if parsed:
-            feed.write(parsed, t_recv)
+        else:
+            try:
+                parsed = self.parse(payload, binary) if binary else self.parse(payload)
+            except ResyncRequired as e:
+                st.resyncs += 1
+                feed.bad_frame(e.kind, f"{e}; resubscribing", payload)
+                if self.transport is not None:
+                    self.transport.disconnect()
+            except ParseError as e:
+                feed.bad_frame(e.kind, str(e), payload)
+            except Exception as e:
+                feed.bad_frame(f"parser_bug_{type(e).__name__}", repr(e), payload)
+        for q in parsed:
+            feed.write_one(q, t_recv)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep this connection up until `stop`: connect, ping, watch for silence, back off."""
@@ -369,12 +364,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvloop
 
+    from perpbot.feeds.ccxt_generic import is_ccxt_feed, load_markets_file, run_ccxt_feed
+
     async def amain() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_feed(ctx, args.venue, stop)
+        feed = ctx.cfg.venues[args.venue].feed
+        if is_ccxt_feed(feed):
+            markets_file = ctx.cfg.venues[args.venue].ccxt_markets_file
+            markets = load_markets_file(markets_file) if markets_file else None
+            await run_ccxt_feed(ctx, args.venue, stop, markets=markets)
+        else:
+            await run_feed(ctx, args.venue, stop)
 
     uvloop.run(amain())
     return 0

@@ -3,8 +3,10 @@
 Every configured venue gets its server, speaking its protocol exactly as in
 demo mode (routes, acks, errors); but no model runs. One venue serves the
 recording (`replay_venue`): `replay.venue`, else the first venue in config
-order whose feed matches the recording's URL (`feed_matches`). The other
-venues' servers answer and stay silent.
+order whose feed speaks the recording (`recording_feeds`: the feed with the
+recorded URL's host, or for a recording of the demo market the feed with the
+longest demo path under which it was recorded). The other venues'
+servers answer and stay silent.
 
 What a client receives is the recorded frames themselves, byte for byte,
 text or binary as recorded (control frames the venue sent, such as acks and
@@ -32,13 +34,14 @@ recording ends the servers stay up, silent.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from urllib.parse import urlsplit
 
 from perpbot.clock import Clock, now_ns, wall_ns
 from perpbot.config import Config
 from perpbot.errors import ConfigError
-from perpbot.feeds.registry import get_feed
+from perpbot.feeds.registry import FEEDS
 from perpbot.feeds.spec import FeedSpec
 from perpbot.record import RecordedConnection, read_recording
 from perpbot.sim.protocol import Frame, Session, SimProtocol
@@ -47,28 +50,49 @@ from perpbot.sim.server import MIN_SLEEP_S, Client, LoopbackMarket
 
 log = logging.getLogger("perpbot.sim")
 
-#: as fast as possible still yields to the loop this often, so requests are answered meanwhile
+#: a recording with a feed's public host is that feed's, whatever its path
+_HOST_MATCH = 1 << 20
+#: a replay that need not sleep still yields to the loop this often, so requests are answered meanwhile
 _YIELD_EVERY = 64
 
 
-def feed_matches(spec: FeedSpec, url: str) -> bool:
-    """True if a recording of `url` speaks this feed's protocol.
-
-    It does when the URL has the host of the feed's public URL, or the feed's
-    demo path (a recording of the demo market, made with `perpbot-record --url`).
-    """
+def _score(spec: FeedSpec, url: str) -> int:
+    """How specifically a recording of `url` is this feed's: 0 not at all, higher more."""
     rec = urlsplit(url)
     if rec.hostname is not None and rec.hostname == urlsplit(spec.public_url).hostname:
-        return True
-    return rec.path.rstrip("/") == spec.demo_path.rstrip("/")
+        return _HOST_MATCH
+    demo = urlsplit(spec.demo_path).path.rstrip("/")
+    path = rec.path.rstrip("/")
+    # per-market URLs (Extended) extend the demo path; "/ws" must not claim "/ws/v5/public"
+    if path == demo or path.startswith(demo + "/"):
+        return 1 + len(demo)
+    return 0
+
+
+def recording_feeds(url: str) -> frozenset[str]:
+    """The feeds a recording of `url` speaks: those with the public URL's host, else the longest demo path.
+
+    A recording of a real venue has its host; one of the demo market (made with
+    `perpbot-record --url`) has the feed's demo path, or a path under it.
+    """
+    scores = {name: _score(spec, url) for name, spec in FEEDS.items()}
+    best = max(scores.values(), default=0)
+    return frozenset(name for name, score in scores.items() if best and score == best)
+
+
+def feed_matches(spec: FeedSpec, url: str) -> bool:
+    """True if a recording of `url` speaks this feed's protocol (see `recording_feeds`)."""
+    return spec.name in recording_feeds(url)
 
 
 def replay_venue(cfg: Config, url: str) -> str | None:
-    """The venue that serves a recording of `url`, or None if no (or not the chosen) venue speaks it."""
+    """The venue that serves a recording of `url`: `replay.venue` if its feed speaks it, else the
+    first venue in config order whose feed does; None if there is none."""
+    feeds = recording_feeds(url)
     chosen = cfg.replay.venue if cfg.replay is not None else None
     candidates = [chosen] if chosen is not None else list(cfg.venues)
     for venue in candidates:
-        if feed_matches(get_feed(cfg.venues[venue].feed), url):
+        if cfg.venues[venue].feed in feeds:
             return venue
     return None
 
@@ -82,7 +106,7 @@ def recorded_topics(proto: SimProtocol, conn: RecordedConnection) -> frozenset[s
     query = f"?{parts.query}" if parts.query else ""
     named = proto.route(parts.path + query)
     if named is None:  # recorded on the venue's real path, which need not be the demo path
-        named = proto.route(proto.demo_path + query)
+        named = proto.route(urlsplit(proto.demo_path).path + query)
     # every recorded topic counts, listed in the config or not: the filter is the client's topics
     session = Session(set(named or ()), known=lambda topic: True)
     for f in conn.sent:
@@ -113,18 +137,18 @@ class ReplayMarket(LoopbackMarket):
         if venue is None:
             raise ConfigError("$.replay.file", f"no configured venue speaks the recording of {conns[0].url}")
         self.venue = venue
-        self._server = self.venues[venue]
+        self._venue_server = self.venues[venue]
         feed = cfg.venues[venue].feed
-        topics = [recorded_topics(get_protocol(feed)(self._server.spec.demo_path), c) for c in conns]
+        topics = [recorded_topics(get_protocol(feed)(self._venue_server.spec.demo_path), c) for c in conns]
         self.recorded_topics: tuple[frozenset[str], ...] = tuple(topics)
-        merged = [(f.t, k, Frame(f.payload, f.binary)) for k, c in enumerate(conns) for f in c.received]
-        merged.sort(key=lambda x: x[0])  # stable: a connection's own frames keep their order
-        self._frames = [(t, topics[k], frame) for t, k, frame in merged]
+        # merged by time, but each connection's frames in file order even if its clock stepped back
+        per_conn = [[(f.t, topics[k], Frame(f.payload, f.binary)) for f in c.received] for k, c in enumerate(conns)]
+        self._frames = list(heapq.merge(*per_conn, key=lambda x: x[0]))
         self._speed: float | None = None if rc.as_fast_as_possible else rc.speed
         self._replayed = 0
         self._subscribed = asyncio.Event()
         self._finished = asyncio.Event()
-        self._server.on_topics_changed = self._topics_changed
+        self._venue_server.on_topics_changed = self._topics_changed
 
     @property
     def frames_total(self) -> int:
@@ -160,11 +184,10 @@ class ReplayMarket(LoopbackMarket):
         t0 = frames[0][0] if frames else 0.0
         start_ns = clock()
         for i, (t, topics, frame) in enumerate(frames):
-            if speed is not None:
-                wait_s = (start_ns + (t - t0) / speed * 1e9 - clock()) / 1e9
-                if wait_s >= MIN_SLEEP_S:  # closer frames share one pass (uvloop's timers are 1 ms)
-                    await asyncio.sleep(wait_s)
-            elif i % _YIELD_EVERY == 0:
+            wait_s = 0.0 if speed is None else (start_ns + (t - t0) / speed * 1e9 - clock()) / 1e9
+            if wait_s >= MIN_SLEEP_S:  # closer frames share one pass (uvloop's timers are 1 ms)
+                await asyncio.sleep(wait_s)
+            elif i % _YIELD_EVERY == 0:  # as fast as possible, or catching up after a stall
                 await asyncio.sleep(0)
             await self._send(topics, frame)
             self._replayed += 1
@@ -172,7 +195,7 @@ class ReplayMarket(LoopbackMarket):
         log.info("replay finished: %d frames in %.3f s", len(frames), (clock() - start_ns) / 1e9)
 
     async def _send(self, topics: frozenset[str], frame: Frame) -> None:
-        for c in self._server.clients:
+        for c in self._venue_server.clients:
             if not c.routed or not c.topics or (topics and c.topics.isdisjoint(topics)):
                 continue
             while c.paused and c.connected:

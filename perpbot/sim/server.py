@@ -27,7 +27,7 @@ used. `perpbot.sim.replay.ReplayMarket` drives the same servers from a
 recording instead.
 
     market = await serve_market(cfg)        # binds every venue on cfg.demo.host, port 0
-    market.urls["okx"]                      # ws://127.0.0.1:40123/ws/v5/public
+    market.urls["binanceusdm"]              # ws://127.0.0.1:40123/public/stream
     ...
     await market.close()
 """

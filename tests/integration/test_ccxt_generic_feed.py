@@ -1,7 +1,7 @@
 """The generic ccxt.pro feed for real: ccxt's own client against the demo market on loopback.
 
-The demo market serves one venue ("okx" in the example config, speaking
-Binance USDⓈ-M bookTicker); the feed config gives that venue the feed
+The demo market serves the example config's Binance USDⓈ-M venue with its
+bookTicker protocol; the feed config gives that venue the feed
 `ccxt:binanceusdm` with ccxt unified symbols and preset markets, so ccxt never
 calls a venue. A second, plain picows client subscribed to the same streams
 records every frame the market sent. Real board and status segments, the feed
@@ -30,16 +30,17 @@ from kit import DATA, make_config, segments, unique_run_id
 
 from perpbot.clock import now_ns
 from perpbot.config import Config, VenueConfig
-from perpbot.feeds.ccxt_generic import CcxtFeedError, load_markets_file, run_ccxt_feed
+from perpbot.feeds.ccxt_generic import CcxtFeedError, CcxtVenueFeed, load_markets_file, run_ccxt_feed
 from perpbot.runctx import RunContext
 from perpbot.shm import QuoteBoard
 from perpbot.shm.layout import FeedKind, FeedState, ProcState
 from perpbot.sim.server import DemoMarket, serve_market
 
 DEADLINE_S = 20.0
-VENUE = "okx"  # served by the demo market with the Binance USDⓈ-M protocol
 SYMBOLS = {"BTC-PERP": "BTC/USDT:USDT", "ETH-PERP": "ETH/USDT:USDT"}
-NATIVE = {"BTC-PERP": "BTCUSDT", "ETH-PERP": "ETHUSDT"}
+#: the example config's venue that the demo market serves with the Binance USDⓈ-M protocol
+VENUE = next(v for v, vc in make_config().venues.items() if vc.feed == "binanceusdm")
+NATIVE = {bs: make_config().venues[VENUE].symbols[bs] for bs in SYMBOLS}  # BTCUSDT, ETHUSDT
 MARKETS = load_markets_file(DATA / "ccxt" / "binanceusdm-markets.json")
 LOOPS: dict[str, Callable[[Coroutine[Any, Any, None]], None]] = {"asyncio": asyncio.run, "uvloop": uvloop.run}
 
@@ -152,7 +153,8 @@ def test_ccxt_feed_writes_exactly_what_the_market_sent(loop: str, tmp_path: Path
                     assert q.ts_exchange_ns > 1_700_000_000_000 * 1_000_000
                 assert len({q.seq for _, q in samples}) > 10  # it kept moving
                 assert slot(board, cfg, "SOL-PERP") is None  # not configured for this venue
-                assert board.read(0, 0) is None  # other venues' rows untouched
+                other = (vi + 1) % len(cfg.venue_names)
+                assert all(board.read(other, si) is None for si in range(len(cfg.symbol_names)))  # not its row
 
                 # the market stops: the board holds its very last quote, then the row goes DOWN
                 await market.close()
@@ -285,5 +287,93 @@ def test_loopback_mode_needs_preset_markets(tmp_path: Path) -> None:
         ctx = RunContext(unique_run_id(), tmp_path, tmp_path, fcfg, 1, {VENUE: "ws://127.0.0.1:9/public/stream"})
         with pytest.raises(CcxtFeedError, match="no venue REST API"):
             await run_ccxt_feed(ctx, VENUE, asyncio.Event())
+
+    asyncio.run(scenario())
+
+
+class FakeExchange:
+    """Just enough of a ccxt.pro exchange to drive `CcxtVenueFeed.watch` by hand."""
+
+    id = "fake"
+
+    def __init__(self, has_bids_asks: bool) -> None:
+        self.has = {"watchBidsAsks": has_bids_asks, "watchOrderBook": True}
+        self.markets = MARKETS
+        self.bidsasks: dict[str, Any] = {}
+        self.updates: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.books: dict[str, asyncio.Queue[dict[str, Any]]] = {s: asyncio.Queue() for s in SYMBOLS.values()}
+
+    async def load_markets(self) -> Any:
+        return self.markets
+
+    async def watch_bids_asks(self, symbols: list[str]) -> dict[str, Any]:
+        t = await self.updates.get()
+        self.bidsasks[t["symbol"]] = t  # as ccxt does: cache, then resolve with the same dict
+        return {t["symbol"]: t}
+
+    async def watch_order_book(self, symbol: str, limit: int | None = None) -> dict[str, Any]:
+        return await self.books[symbol].get()
+
+
+def _feed(cfg: Config, board: QuoteBoard, status: Any) -> CcxtVenueFeed:
+    vi = cfg.venue_names.index(VENUE)
+    return CcxtVenueFeed(cfg, VENUE, vi, board.writer(vi), status, None)
+
+
+def test_a_new_session_never_rewrites_quotes_ccxt_cached_before_it() -> None:
+    cfg = ccxt_config(market_config())
+    t_ms = 1_790_000_000_000
+
+    async def scenario() -> None:
+        with segments(cfg) as (board, status):
+            feed = _feed(cfg, board, status)
+            ex = FakeExchange(has_bids_asks=True)
+            # ccxt still holds ETH from the previous connection
+            ex.bidsasks["ETH/USDT:USDT"] = {"symbol": "ETH/USDT:USDT", "bid": 1.0, "ask": 2.0, "bidVolume": 1.0,
+                                            "askVolume": 1.0, "timestamp": t_ms}
+            task = asyncio.create_task(feed.watch(ex, "auto", None))
+            await ex.updates.put({"symbol": "BTC/USDT:USDT", "bid": 60000.0, "ask": 60000.5, "bidVolume": 2.0,
+                                  "askVolume": 3.0, "timestamp": t_ms + 1})
+            await until("BTC written", lambda: slot(board, cfg, "BTC-PERP") is not None)
+            await asyncio.sleep(0.05)
+            assert slot(board, cfg, "ETH-PERP") is None  # the old ETH quote was not presented as new
+            q = slot(board, cfg, "BTC-PERP")
+            assert (q.bid, q.ask, q.bid_size, q.ask_size, q.ts_exchange_ns) == (
+                60000.0, 60000.5, 2.0, 3.0, (t_ms + 1) * 1_000_000)
+            assert status.feed_state(cfg.venue_names.index(VENUE)) == FeedState.CONNECTED
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            feed.writer.release()
+
+    asyncio.run(scenario())
+
+
+def test_order_book_path_writes_each_top_of_book_in_base_units() -> None:
+    raw = market_config()
+    venues = dict(raw.venues)
+    venues[VENUE] = VenueConfig(feed="ccxt:binanceusdm", symbols=SYMBOLS, taker_fee_bps=5.0,
+                                contract_sizes={"BTC-PERP": 0.01})  # the config's size wins over the market's 1
+    cfg = msgspec.structs.replace(raw, venues=venues)
+
+    async def scenario() -> None:
+        with segments(cfg) as (board, status):
+            feed = _feed(cfg, board, status)
+            ex = FakeExchange(has_bids_asks=False)
+            task = asyncio.create_task(feed.watch(ex, "auto", None))
+            await ex.books["BTC/USDT:USDT"].put({"bids": [[60000.0, 250.0], [59999.0, 1.0]],
+                                                 "asks": [[60000.5, 100.0]], "timestamp": 1_790_000_000_000})
+            await ex.books["ETH/USDT:USDT"].put({"bids": [], "asks": [[3000.5, 1.0]], "timestamp": None})
+            await ex.books["ETH/USDT:USDT"].put({"bids": [[3000.0, 4.0]], "asks": [[3000.5, 5.0]], "timestamp": None})
+            await until("both symbols", lambda: slot(board, cfg, "ETH-PERP") is not None
+                        and slot(board, cfg, "BTC-PERP") is not None)
+            btc, eth = slot(board, cfg, "BTC-PERP"), slot(board, cfg, "ETH-PERP")
+            assert (btc.bid, btc.ask, btc.bid_size, btc.ask_size) == (60000.0, 60000.5, 2.5, 1.0)
+            assert btc.ts_exchange_ns == 1_790_000_000_000 * 1_000_000
+            assert (eth.bid, eth.ask, eth.bid_size, eth.ask_size, eth.ts_exchange_ns) == (3000.0, 3000.5, 4.0, 5.0, 0)
+            stats = feed.statistics()
+            assert (stats.updates, stats.quotes, stats.one_sided) == (3, 2, 1)  # the one-sided book wrote nothing
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            feed.writer.release()
 
     asyncio.run(scenario())

@@ -9,11 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
+import pytest
 import uvloop
 import yaml
 from kit import ROOT, example_raw, make_config
 
+from perpbot.config import Config
 from perpbot.feeds import binanceusdm
+from perpbot.feeds.registry import get_feed
 from perpbot.feeds.spec import BBO, ParserContext
 from perpbot.record import RecordedConnection, read_recording, record
 from perpbot.sim.server import serve_market
@@ -21,22 +24,29 @@ from perpbot.sim.server import serve_market
 DEADLINE_S = 60.0
 
 
-def parse_all(conn: RecordedConnection) -> list[BBO]:
-    """Every received frame through a fresh feed parser: a ParseError fails the test."""
-    parse = binanceusdm.SPEC.make_parser(ParserContext())
+def parse_all(conn: RecordedConnection, feed: str = "binanceusdm", cfg: Config | None = None,
+              venue: str = "") -> list[BBO]:
+    """Every received frame through a fresh parser of the feed (pongs aside): a ParseError fails the test."""
+    spec = get_feed(feed)
+    ctx = ParserContext()
+    if cfg is not None:
+        vc = cfg.venues[venue]
+        ctx = ParserContext({vc.symbols[b]: size for b, size in vc.contract_sizes.items()})
+    parse = spec.make_parser(ctx)
     out: list[BBO] = []
     for f in conn.received:
+        if spec.ping is not None and not f.binary and spec.ping.is_pong(f.payload):
+            continue
         out.extend(parse(f.payload, True) if f.binary else parse(f.payload))
     return out
 
 
 def test_record_the_demo_market_in_process(tmp_path: Path) -> None:
-    out = tmp_path / "okx.ws"
+    out = tmp_path / "binance.ws"
 
     async def scenario() -> None:
-        cfg = make_config()
-        async with await serve_market(cfg) as market:
-            url = market.urls["okx"]
+        async with await serve_market(make_config()) as market:
+            url = market.urls["binanceusdm"]
             st = await record(binanceusdm.SPEC, url, ["BTCUSDT", "ETHUSDT"], out, seconds=1.0)
         assert (st.connections, st.frames_sent, st.dropped) == (1, 1, 0)
         assert st.frames_received > 10
@@ -52,7 +62,31 @@ def test_record_the_demo_market_in_process(tmp_path: Path) -> None:
         assert [f.t for f in conn.received] == sorted(f.t for f in conn.received)
 
     uvloop.run(scenario())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["okx.ws"]  # the part files are gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["binance.ws"]  # the part files are gone
+
+
+@pytest.mark.parametrize("venue", example_raw()["venues"])
+def test_every_demo_venue_records_in_its_own_protocol(venue: str, tmp_path: Path) -> None:
+    """Whatever the protocol (pings, greetings, snapshots, binary SBE, a connection per market)."""
+    cfg = make_config()
+    vc = cfg.venues[venue]
+    spec = get_feed(vc.feed)
+    out = tmp_path / f"{venue}.ws"
+    urls: list[str] = []
+
+    async def scenario() -> None:
+        async with await serve_market(cfg) as market:
+            urls.extend(url for url, _ in spec.connections(market.urls[venue], list(vc.symbols.values())))
+            await record(spec, market.urls[venue], list(vc.symbols.values()), out, seconds=1.0)
+
+    uvloop.run(scenario())
+    conns = read_recording(out)
+    assert [c.url for c in conns] == urls  # one section per connection, in the feed's order
+    symbols: set[str] = set()
+    for c in conns:
+        symbols |= {q.symbol for q in parse_all(c, vc.feed, cfg, venue)}
+    assert symbols == set(vc.symbols.values())
+    assert any(f.binary for c in conns for f in c.received) is spec.binary
 
 
 def _one_per_symbol(base_url: str, symbols: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -65,7 +99,7 @@ def test_several_connections_become_sections_in_order(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         async with await serve_market(make_config()) as market:
-            await record(spec, market.urls["bybit"], ["SOLUSDT", "BTCUSDT"], out, seconds=1.0)
+            await record(spec, market.urls["binanceusdm"], ["SOLUSDT", "BTCUSDT"], out, seconds=1.0)
 
     uvloop.run(scenario())
     sol, btc = read_recording(out)
@@ -100,7 +134,7 @@ def test_the_command_records_a_venue_of_the_config(tmp_path: Path) -> None:
     assert rc == 0, stderr
     assert "recorded" in stdout and str(out) in stdout
     (conn,) = read_recording(out)
-    assert {q.symbol for q in parse_all(conn)} == {"ETHUSDT", "SOLUSDT"}
+    assert {q.symbol for q in parse_all(conn, "bitget", make_config(), "bitget")} == {"ETHUSDT", "SOLUSDT"}
 
 
 def test_the_command_refuses_unknown_venues_and_symbols(tmp_path: Path) -> None:
@@ -118,13 +152,11 @@ def test_the_command_refuses_unknown_venues_and_symbols(tmp_path: Path) -> None:
 
 
 def test_a_refused_connection_leaves_no_file(tmp_path: Path) -> None:
-    import pytest
-
     out = tmp_path / "none.ws"
 
     async def scenario() -> None:
         async with await serve_market(make_config()) as market:
-            url = market.urls["okx"]
+            url = market.urls["binanceusdm"]
         # the market is closed now: nothing listens on its port
         with pytest.raises(OSError):
             await record(binanceusdm.SPEC, url, ["BTCUSDT"], out, seconds=1.0)

@@ -16,10 +16,11 @@ import orjson
 import picows
 import pytest
 import uvloop
-from kit import EXAMPLE_CONFIG, ROOT, make_config, segments, unique_run_id
+from kit import EXAMPLE_CONFIG, ROOT, example_raw, make_config, segments, unique_run_id
 
-from perpbot.config import load_config
+from perpbot.config import Config, load_config, parse_config
 from perpbot.feeds import binanceusdm
+from perpbot.feeds.registry import get_feed
 from perpbot.feeds.spec import BBO, ParseError
 from perpbot.runctx import CONFIG_COPY, write_run_file
 from perpbot.shm.layout import ProcState, Role
@@ -34,6 +35,21 @@ DEADLINE_S = 10.0
 T_MS = 1_700_000_000_000
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
+BINANCE_VENUES = ("binanceusdm", "okx", "bybit", "bitget")
+
+
+def binance_config(**sections: dict[str, Any]) -> Config:
+    """Four venues that all speak Binance USDⓈ-M: these tests read the frames of one protocol."""
+    raw = example_raw()
+    raw["venues"] = {
+        v: {**raw["venues"][v], "feed": "binanceusdm", "contract_sizes": {},
+            "symbols": {"BTC-PERP": "BTCUSDT", "ETH-PERP": "ETHUSDT", "SOL-PERP": "SOLUSDT"}}
+        for v in BINANCE_VENUES
+    }
+    raw["demo"]["venues"] = {v: raw["demo"]["venues"][v] for v in BINANCE_VENUES}
+    for name, values in sections.items():
+        raw[name].update(values)
+    return parse_config(raw)
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -86,17 +102,18 @@ def send_json(tr: picows.WSTransport, msg: dict[str, Any]) -> None:
     tr.send(picows.WSMsgType.TEXT, orjson.dumps(msg))
 
 
-def test_urls_name_each_venue_on_its_own_port(run: Runner) -> None:
+def test_urls_name_each_venue_on_its_own_port_and_path(run: Runner) -> None:
     async def scenario() -> None:
-        cfg = make_config()
+        cfg = make_config()  # the example: every venue in its own protocol
         async with await serve_market(cfg) as market:
             urls = market.urls
             assert set(urls) == set(cfg.venue_names)
             ports = set()
-            for url in urls.values():
+            for venue, url in urls.items():
                 host_port, _, path = url.removeprefix("ws://").partition("/")
                 assert host_port.startswith("127.0.0.1:")
-                assert "/" + path == binanceusdm.SPEC.demo_path
+                assert "/" + path == get_feed(cfg.venues[venue].feed).demo_path
+                assert market.venues[venue].proto.name == cfg.venues[venue].feed
                 ports.add(host_port)
             assert len(ports) == len(urls)
 
@@ -105,7 +122,7 @@ def test_urls_name_each_venue_on_its_own_port(run: Runner) -> None:
 
 def test_streams_in_the_url(run: Runner) -> None:
     async def scenario() -> None:
-        async with await serve_market(make_config()) as market:
+        async with await serve_market(binance_config()) as market:
             tr, cl = await connect(market.urls["okx"] + "?streams=btcusdt@bookTicker")
             raws = [await cl.next() for _ in range(10)]
             update_ids = []
@@ -122,7 +139,7 @@ def test_streams_in_the_url(run: Runner) -> None:
 
 def test_subscribe_and_unsubscribe_frames(run: Runner) -> None:
     async def scenario() -> None:
-        async with await serve_market(make_config()) as market:
+        async with await serve_market(binance_config()) as market:
             tr, cl = await connect(market.urls["bybit"])
             streams = ["ethusdt@bookTicker", "solusdt@bookTicker"]
             send_json(tr, {"method": "SUBSCRIBE", "params": streams, "id": 7})
@@ -150,7 +167,7 @@ def test_subscribe_and_unsubscribe_frames(run: Runner) -> None:
 
 def test_the_feeds_own_subscribe_frames_work(run: Runner) -> None:
     async def scenario() -> None:
-        cfg = make_config()
+        cfg = binance_config()
         async with await serve_market(cfg) as market:
             tr, cl = await connect(market.urls["bitget"])
             for frame in binanceusdm.SPEC.subscribe(list(cfg.venues["bitget"].symbols.values())):
@@ -165,7 +182,7 @@ def test_the_feeds_own_subscribe_frames_work(run: Runner) -> None:
 
 def test_invalid_requests_get_error_replies(run: Runner) -> None:
     async def scenario() -> None:
-        async with await serve_market(make_config()) as market:
+        async with await serve_market(binance_config()) as market:
             tr, cl = await connect(market.urls["binanceusdm"])
             tr.send(picows.WSMsgType.TEXT, b"hello")
             raw = await cl.next()
@@ -187,7 +204,7 @@ def test_invalid_requests_get_error_replies(run: Runner) -> None:
 
 def test_wrong_path_is_accepted_but_silent(run: Runner) -> None:
     async def scenario() -> None:
-        async with await serve_market(make_config()) as market:
+        async with await serve_market(binance_config()) as market:
             base = market.urls["okx"].removesuffix(binanceusdm.SPEC.demo_path)
             bad_tr, bad = await connect(base + "/ws?streams=btcusdt@bookTicker")
             send_json(bad_tr, {"method": "SUBSCRIBE", "params": ["btcusdt@bookTicker"], "id": 1})
@@ -205,7 +222,7 @@ def test_wrong_path_is_accepted_but_silent(run: Runner) -> None:
 
 def test_a_paused_client_is_conflated_and_does_not_hold_up_others(run: Runner) -> None:
     async def scenario() -> None:
-        async with await serve_market(make_config()) as market:
+        async with await serve_market(binance_config()) as market:
             url = market.urls["binanceusdm"]
             slow_tr, slow = await connect(url + "?streams=btcusdt@bookTicker/ethusdt@bookTicker")
             fast_tr, fast = await connect(url + "?streams=btcusdt@bookTicker")
@@ -237,7 +254,7 @@ def test_a_paused_client_is_conflated_and_does_not_hold_up_others(run: Runner) -
 
 def test_statistics_count_clients_frames_and_dislocations(run: Runner) -> None:
     async def scenario() -> DemoMarket:
-        market = await serve_market(make_config(demo={"dislocations_per_s": 20.0}))
+        market = await serve_market(binance_config(demo={"dislocations_per_s": 20.0}))
         try:
             tr, cl = await connect(market.urls["okx"] + "?streams=solusdt@bookTicker")
             await cl.quotes(5)
@@ -318,7 +335,7 @@ def test_market_process_handshake_serve_and_stop(tmp_path: Path) -> None:
             assert rec["role"] == Role.MARKET
             del rec  # views on the segment must be gone before it is closed
 
-            bbo = asyncio.run(_first_quote(urls["bybit"] + "?streams=ethusdt@bookTicker"))
+            bbo = asyncio.run(_first_quote(urls["binanceusdm"] + "?streams=ethusdt@bookTicker"))
             assert bbo.symbol == "ETHUSDT"
             _wait_for(
                 lambda: status.procs[slot]["counters"][MarketCounter.FRAMES_SENT] >= 1,
@@ -392,9 +409,16 @@ async def _until(cond: Callable[[], bool]) -> None:
         await asyncio.sleep(0.005)
 
 
+def test_a_symbol_unsafe_in_a_frame_is_refused() -> None:
+    raw = example_raw()
+    raw["venues"]["okx"]["symbols"]["BTC-PERP"] = 'BTC"USDT'
+    with pytest.raises(ValueError, match="cannot send"):
+        DemoMarket(parse_config(raw))
+
+
 def test_greeting_then_snapshot_then_binary_data(run: Runner) -> None:
     async def scenario() -> None:
-        market, vs = await toy_venue(make_config())
+        market, vs = await toy_venue(binance_config())
         try:
             btc0 = market.model.quote("okx", "BTC-PERP")
             tr, cl = await picows.ws_connect(RawClient, vs.url + "?streams=btcusdt@bookTicker")
@@ -430,7 +454,7 @@ def test_greeting_then_snapshot_then_binary_data(run: Runner) -> None:
 
 def test_wrong_path_gets_the_greeting_and_replies_but_no_snapshot_or_data(run: Runner) -> None:
     async def scenario() -> None:
-        market, vs = await toy_venue(make_config())
+        market, vs = await toy_venue(binance_config())
         try:
             base = vs.url.removesuffix(vs.spec.demo_path)
             tr, cl = await picows.ws_connect(RawClient, base + "/elsewhere?streams=btcusdt@bookTicker")
@@ -452,7 +476,7 @@ def test_wrong_path_gets_the_greeting_and_replies_but_no_snapshot_or_data(run: R
 
 def test_a_conflated_symbol_is_resent_as_a_snapshot(run: Runner) -> None:
     async def scenario() -> None:
-        market, vs = await toy_venue(make_config())
+        market, vs = await toy_venue(binance_config())
         try:
             tr, cl = await picows.ws_connect(RawClient, vs.url + "?streams=btcusdt@bookTicker/ethusdt@bookTicker")
             assert isinstance(cl, RawClient)

@@ -17,7 +17,8 @@ from perpbot.errors import ConfigError
 def test_example_config_loads_frozen_and_typed() -> None:
     cfg = load_config(EXAMPLE_CONFIG)
     assert cfg.mode == "demo"
-    assert cfg.venue_names == ("binanceusdm", "okx", "bybit", "bitget")
+    assert cfg.venue_names == ("binanceusdm", "okx", "bybit", "bitget", "gate", "hyperliquid", "paradex", "extended")
+    assert cfg.venues["okx"].contract_sizes["BTC-PERP"] == 0.01
     assert cfg.symbols["BTC-PERP"].lot_size == Decimal("0.001")
     with pytest.raises(AttributeError):
         cfg.scanner.poll = "spin"  # type: ignore[misc]
@@ -51,7 +52,12 @@ def _drop(path: str) -> Callable[[dict[str, Any]], None]:
         (_set("bogus", 1), "$.bogus", "unknown key"),
         (_set("mode", "live"), "$.mode", "allowed: demo, paper"),
         (_set("mode", "moon"), "$.mode", "allowed values: demo, replay, paper, readonly, live"),
-        (_set("venues.okx.feed", "okx_v9"), "$.venues.okx.feed", "allowed: binanceusdm"),
+        (_set("venues.okx.feed", "okx_v9"), "$.venues.okx.feed", "allowed: binanceusdm, bitget, bybit"),
+        (_set("venues.okx.feed", "ccxt:gateio"), "$.venues.okx.feed", "ccxt:gate"),
+        (_set("venues.okx.feed", "ccxt:aster"), "$.venues.okx.feed", "use mode paper"),
+        (_set("venues.okx.ccxt_markets_file", "m.json"), "$.venues.okx.ccxt_markets_file", "only for a ccxt"),
+        (_set("venues.okx.contract_sizes", {"DOGE-PERP": 1}), "$.venues.okx.contract_sizes.DOGE-PERP",
+         "not one of this venue's symbols"),
         (_set("venues.okx.taker_fee_bps", "five"), "$.venues.okx.taker_fee_bps", "Expected `float`"),
         (_set("venues.okx.taker_fee_bps", -1), "$.venues.okx.taker_fee_bps", ">= 0"),
         (_drop("venues.okx.taker_fee_bps"), "$.venues.okx.taker_fee_bps", "required key is missing"),
@@ -89,3 +95,12 @@ def test_unreadable_and_non_yaml_files(tmp_path: Path) -> None:
     bad.write_text("- a list")
     with pytest.raises(ConfigError, match="mapping at the top level"):
         load_config(bad)
+
+
+def test_a_ccxt_venue_is_accepted_in_paper_mode() -> None:
+    raw = example_raw()
+    raw["mode"] = "paper"
+    raw["venues"]["aster"] = {"feed": "ccxt:aster", "taker_fee_bps": 4.0,
+                              "symbols": {"BTC-PERP": "BTC/USDT:USDT"}}
+    cfg = parse_config(raw)
+    assert cfg.venues["aster"].feed == "ccxt:aster"

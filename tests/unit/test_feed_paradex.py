@@ -159,14 +159,6 @@ def test_book_snapshot_reads_as_ccxt_reads_it() -> None:
     assert data["market"] == q.symbol and data["last_updated_at"] == q.ts_exchange_ns // MS
 
 
-def test_bbo_reads_as_the_official_sdk_reads_it() -> None:
-    codec = pytest.importorskip("paradex_py.api.sbe.codec")  # optional: the venue's own decoder
-    channel, d = codec.decode_frame(GOLDEN)
-    assert channel == f"bbo.{BTC}"
-    (q,) = PARSE(GOLDEN, True)
-    assert (float(d.bid_price), float(d.bid_size), float(d.ask_price), float(d.ask_size)) == q[1:5]
-
-
 def _bbo_raw(ts: int = TS_US, bp: int = mantissa(10.0), bs: int = mantissa(1.0), ap: int = mantissa(11.0),
              asz: int = mantissa(2.0), market: bytes = b"\x03ABC", block: int = 48, template: int = 2,
              schema: int = 1, version: int = 2) -> bytes:

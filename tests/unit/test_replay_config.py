@@ -13,7 +13,7 @@ from perpbot.errors import ConfigError
 from perpbot.feeds import binanceusdm
 from perpbot.record import RecordedConnection, RecordedFrame, opened_line
 from perpbot.sim.protocols.binanceusdm import BinanceUsdmProtocol
-from perpbot.sim.replay import feed_matches, recorded_topics, replay_venue
+from perpbot.sim.replay import feed_matches, recorded_topics, recording_feeds, replay_venue
 
 BINANCE = DATA / "recorded" / "BINANCE_FUTURES.ws.1.0"
 
@@ -35,22 +35,40 @@ def test_replay_is_an_available_mode() -> None:
         cfg.replay.speed = 2.0  # type: ignore[misc]
 
 
-def test_the_first_venue_whose_feed_matches_serves_the_recording() -> None:
-    cfg = parse_config(replay_raw())
+def test_the_first_venue_whose_feed_speaks_the_recording_serves_it() -> None:
     url = "wss://fstream.binance.com/stream?streams=btcusdt@bookTicker"
-    assert replay_venue(cfg, url) == "binanceusdm"  # all four speak binanceusdm: config order decides
-    cfg = parse_config(replay_raw(venue="bybit"))
-    assert replay_venue(cfg, url) == "bybit"
-    assert replay_venue(cfg, "wss://ws.okx.com:8443/ws/v5/public") is None
+    raw = replay_raw()
+    raw["venues"] = {"binance2": {**raw["venues"]["binanceusdm"]}, **raw["venues"]}
+    cfg = parse_config(raw)
+    assert replay_venue(cfg, url) == "binance2"  # two venues speak binanceusdm: config order decides
+    assert replay_venue(cfg, "wss://ws.okx.com:8443/ws/v5/public") == "okx"
+    assert replay_venue(cfg, "wss://example.org/feed") is None
+    raw["replay"]["venue"] = "binanceusdm"
+    assert replay_venue(parse_config(raw), url) == "binanceusdm"
+    raw["replay"]["venue"] = "okx"
+    with pytest.raises(ConfigError):
+        parse_config(raw)
 
 
-def test_a_feed_matches_its_public_host_or_its_demo_path() -> None:
-    spec = binanceusdm.SPEC
-    assert feed_matches(spec, "wss://fstream.binance.com/stream?streams=x@bookTicker")
-    assert feed_matches(spec, "wss://fstream.binance.com/public/stream")
-    assert feed_matches(spec, "ws://127.0.0.1:40123/public/stream")  # a recording of the demo market
-    assert not feed_matches(spec, "ws://127.0.0.1:40123/ws/v5/public")
-    assert not feed_matches(spec, "wss://ws.okx.com:8443/ws/v5/public")
+@pytest.mark.parametrize(
+    ("url", "feeds"),
+    [
+        ("wss://fstream.binance.com/stream?streams=x@bookTicker", {"binanceusdm"}),
+        ("wss://ws.okx.com:8443/ws/v5/public", {"okx"}),
+        ("wss://fx-ws.gateio.ws/v4/ws/usdt", {"gate"}),
+        # recordings of the demo market: the longest demo path they lie under
+        ("ws://127.0.0.1:40123/public/stream", {"binanceusdm"}),
+        ("ws://127.0.0.1:40123/ws/v5/public", {"okx"}),
+        ("ws://127.0.0.1:40123/ws", {"hyperliquid"}),
+        ("ws://127.0.0.1:40123/stream.extended.exchange/v1/orderbooks/BTC-USD?depth=1", {"extended"}),
+        ("ws://127.0.0.1:40123/v1?sbeSchemaId=1&sbeSchemaVersion=0", {"paradex"}),
+        ("ws://127.0.0.1:40123/elsewhere", set()),
+        ("wss://example.org/ws/v5/public/x", {"okx"}),
+    ],
+)
+def test_which_feeds_a_recording_speaks(url: str, feeds: set[str]) -> None:
+    assert recording_feeds(url) == feeds
+    assert feed_matches(binanceusdm.SPEC, url) is ("binanceusdm" in feeds)
 
 
 def _recording(tmp_path: Path, first_line: str) -> str:
@@ -65,7 +83,7 @@ def _recording(tmp_path: Path, first_line: str) -> str:
         (None, "$.replay.file", "replay mode needs a recording"),
         ({"file": "no/such/recording.ws"}, "$.replay.file", "cannot read recording"),
         ({"file": "NOT_A_RECORDING"}, "$.replay.file", "is not a recording"),
-        ({"file": "OKX"}, "$.replay.file", "no venue's feed matches the recording of wss://ws.okx.com"),
+        ({"file": "ELSEWHERE"}, "$.replay.file", "no venue's feed matches the recording of wss://example.org"),
         ({"file": str(BINANCE), "venue": "kraken"}, "$.replay.venue", "unknown venue; allowed: binanceusdm"),
         ({"file": str(BINANCE), "speed": 0}, "$.replay.speed", "> 0"),
         ({"file": str(BINANCE), "pace": 1}, "$.replay.pace", "unknown key"),
@@ -78,8 +96,8 @@ def test_replay_errors_name_the_key(tmp_path: Path, replay: dict[str, Any] | Non
     if replay is not None:
         if replay.get("file") == "NOT_A_RECORDING":
             replay["file"] = _recording(tmp_path, '{"a": 1}')
-        elif replay.get("file") == "OKX":
-            replay["file"] = _recording(tmp_path, opened_line("wss://ws.okx.com:8443/ws/v5/public", 1.0))
+        elif replay.get("file") == "ELSEWHERE":
+            replay["file"] = _recording(tmp_path, opened_line("wss://example.org/feed", 1.0))
         raw["replay"] = replay
     with pytest.raises(ConfigError) as ei:
         parse_config(raw)
@@ -87,8 +105,8 @@ def test_replay_errors_name_the_key(tmp_path: Path, replay: dict[str, Any] | Non
     assert words in str(ei.value)
 
 
-def test_a_chosen_venue_must_speak_the_recording(tmp_path: Path) -> None:
-    raw = replay_raw(file=_recording(tmp_path, opened_line("ws://127.0.0.1:1/somewhere/else", 1.0)), venue="okx")
+def test_a_chosen_venue_must_speak_the_recording() -> None:
+    raw = replay_raw(venue="okx")
     with pytest.raises(ConfigError) as ei:
         parse_config(raw)
     assert ei.value.path == "$.replay.venue"
