@@ -60,10 +60,12 @@ def format_status(r: dict[str, Any]) -> str:
              "process          state      pid      heartbeat age"]
     for name, p in r["processes"].items():
         lines.append(f"  {name:<15}{p['state']:<11}{p['pid']:<9}{p['heartbeat_age_ms']:>8.1f} ms")
-    lines += ["", "venue          feed        quotes   errors  reconnects  last quote"]
+    lines += ["", "venue          feed        quotes   errors  reconnects  stale  last quote"]
     for v, f in r["feeds"].items():
         age = "-" if f["last_quote_age_ms"] is None else f"{f['last_quote_age_ms']:.0f} ms ago"
-        lines.append(f"  {v:<13}{f['state']:<11}{f['quotes']:>8}{f['parse_errors']:>9}{f['reconnects']:>12}  {age}")
+        kind = "" if f["kind"] == "native" else f"  [{f['kind']}]"
+        lines.append(f"  {v:<13}{f['state']:<11}{f['quotes']:>8}{f['parse_errors']:>9}{f['reconnects']:>12}"
+                     f"{f['stale_symbols']:>7}  {age}{kind}")
     sc, ex = r["scanner"], r["exec"]
     lines += [
         "",

@@ -15,7 +15,7 @@ from typing import Any
 from perpbot.clock import now_ns
 from perpbot.metrics import quantile
 from perpbot.shm import StatusBoard
-from perpbot.shm.layout import ExecCounter, FeedState, Hop, ProcState, ScannerCounter, TradingState
+from perpbot.shm.layout import ExecCounter, FeedKind, FeedState, Hop, ProcState, ScannerCounter, TradingState
 
 
 def _counters(status: StatusBoard, slot: int | None, names: type[ExecCounter | ScannerCounter]) -> dict[str, int]:
@@ -58,10 +58,15 @@ def status_report(status: StatusBoard, run_id: str, procs: Sequence[tuple[str, i
         last = int(f["last_recv_ns"])
         feeds[v] = {
             "state": FeedState(int(f["state"])).name,
+            # a ccxt.pro feed is slower than a native one: say so wherever feeds are shown
+            "kind": "ccxt.pro (slower than native)" if int(f["kind"]) == FeedKind.CCXT else "native",
             "frames": int(f["frames"]),
             "quotes": int(f["quotes"]),
             "parse_errors": int(f["parse_errors"]),
             "reconnects": int(f["reconnects"]),
+            "resyncs": int(f["resyncs"]),
+            "stale_symbols": int(f["stale_symbols"]),
+            "connections_up": int(f["connections_up"]),
             "last_quote_age_ms": None if last == 0 else round((t - last) / 1e6, 1),
         }
     positions: dict[str, dict[str, float]] = {}

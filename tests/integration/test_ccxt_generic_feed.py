@@ -133,6 +133,9 @@ def test_ccxt_feed_writes_exactly_what_the_market_sent(loop: str, tmp_path: Path
 
                 await until("CONNECTED", lambda: seen_state() == FeedState.CONNECTED, feed)
                 assert status.feeds[vi]["kind"] == FeedKind.CCXT
+                # and `perpbot-ctl status` says it is the slower kind
+                from perpbot.summary import status_report
+                assert "slower" in status_report(status, "r", [])["feeds"][VENUE]["kind"]
                 assert status.procs[1]["state"] == ProcState.RUNNING
                 assert status.procs[1]["name"] == f"feed-{VENUE}".encode()
                 await until("100 quotes on the board", lambda: status.feeds[vi]["quotes"] >= 100, feed)
