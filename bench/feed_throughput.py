@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Frames per second one real feed process sustains: socket read -> parse -> board write.
 
-    .venv/bin/python bench/feed_throughput.py [--venue binanceusdm ...] [--seconds 5]
+    .venv/bin/python bench/feed_throughput.py [--venue binanceusdm ...] [--seconds 8]
 
 For each venue protocol a loopback "firehose" server (one process) sends a
 pre-encoded stream of that venue's own quote frames (from its simulator
@@ -168,7 +168,7 @@ def measure(venue: str, seconds: float) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--venue", action="append", choices=sorted(FEEDS))
-    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import msgspec
 import orjson
 
 from perpbot.feeds.spec import (
@@ -36,6 +37,27 @@ def subscribe(symbols: Sequence[str]) -> list[bytes]:
     return [orjson.dumps({"method": "SUBSCRIBE", "params": params, "id": 1})]
 
 
+class _Ticker(msgspec.Struct, gc=False):
+    e: str
+    s: str
+    # bool first: lenient mode would read a JSON true as 1.0 into a plain float; here it stays
+    # a bool, which the type check below refuses
+    b: bool | float
+    B: bool | float
+    a: bool | float
+    A: bool | float
+    T: int
+
+
+class _Combined(msgspec.Struct, gc=False):
+    data: _Ticker
+
+
+# a typed decoder builds no dicts and turns the decimal strings into floats in C: about 3x
+# cheaper than orjson plus dict lookups and float(); lenient mode is what converts the strings.
+# Unknown keys are skipped; anything that does not fit goes the slow way, which names the fault.
+_decode_fast = msgspec.json.Decoder(_Combined, strict=False).decode
+_FastMiss = (msgspec.ValidationError, msgspec.DecodeError)
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
 _new_bbo = tuple.__new__  # a BBO without NamedTuple's argument handling: this is the hot path
@@ -47,24 +69,19 @@ def parse(frame: bytes, binary: bool = False) -> list[BBO]:
     if binary:
         raise ParseError("unexpected_binary", f"{len(frame)} bytes")
     try:
+        d = _decode_fast(frame).data
+    except _FastMiss:
+        pass
+    else:
+        bid, ask, bsz, asz, ts = d.b, d.a, d.B, d.A, d.T
+        if (type(bid) is float and type(ask) is float and type(bsz) is float and type(asz) is float
+                and d.e == "bookTicker" and 0.0 < bid <= ask < _INF and 0.0 <= bsz < _INF
+                and 0.0 <= asz < _INF and 0 < ts < _MAX_MS):
+            return [_new_bbo(BBO, (d.s, bid, ask, bsz, asz, ts * 1_000_000))]
+    try:
         msg = _loads(frame)
     except _JSONDecodeError:
         raise ParseError("not_json", bytes(frame[:60]).decode(errors="replace")) from None
-    # fast path: a well-formed combined-stream bookTicker, checked inline
-    try:
-        data = msg["data"]
-        if data["e"] == "bookTicker":
-            sym = data["s"]
-            bid = float(data["b"])
-            ask = float(data["a"])
-            bsz = float(data["B"])
-            asz = float(data["A"])
-            ts = data["T"]
-            if (0.0 < bid <= ask < _INF and 0.0 <= bsz < _INF and 0.0 <= asz < _INF
-                    and type(sym) is str and type(ts) is int and 0 < ts < _MAX_MS):
-                return [_new_bbo(BBO, (sym, bid, ask, bsz, asz, ts * 1_000_000))]
-    except (KeyError, TypeError, ValueError, IndexError):
-        pass
     return _parse_slow(msg)
 
 
@@ -83,10 +100,10 @@ def _parse_slow(msg: object) -> list[BBO]:
         raise ParseError("unexpected_shape", "no event type")
     try:
         sym = data["s"]
-        bid = float(data["b"])
-        ask = float(data["a"])
-        bsz = float(data["B"])
-        asz = float(data["A"])
+        bid = _number(data["b"])
+        ask = _number(data["a"])
+        bsz = _number(data["B"])
+        asz = _number(data["A"])
         ts = data.get("T") or data["E"]
     except KeyError as e:
         raise ParseError("missing_field", str(e)) from None
@@ -96,6 +113,13 @@ def _parse_slow(msg: object) -> list[BBO]:
         raise ParseError("bad_field", "symbol")
     check_quote(bid, ask, bsz, asz)
     return [BBO(sym, bid, ask, bsz, asz, ms_to_ns(ts))]
+
+
+def _number(v: object) -> float:
+    """A decimal string (or a plain JSON number); never a bool, which float() would take as 0 or 1."""
+    if type(v) is str or type(v) is float or type(v) is int:
+        return float(v)
+    raise TypeError(f"expected a decimal string, got {type(v).__name__}")
 
 
 def make_parser(ctx: ParserContext) -> Parser:

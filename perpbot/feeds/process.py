@@ -84,14 +84,17 @@ def backoff_delays(initial_ms: int, max_ms: int, rng: random.Random) -> Iterator
 class VenueFeed:
     """One venue: its board row, its counters and the connections that feed them."""
 
-    def __init__(self, cfg: Config, venue: str, venue_idx: int, spec: FeedSpec, writer: BoardWriter,
-                 status: StatusBoard, publisher: EventPublisher | None) -> None:
+    def __init__(self, cfg: Config, venue: str, venue_idx: int, spec: FeedSpec, board: QuoteBoard,
+                 writer: BoardWriter, status: StatusBoard, publisher: EventPublisher | None) -> None:
         vcfg = cfg.venues[venue]
         self.cfg = cfg
         self.venue = venue
         self.venue_idx = venue_idx
         self.spec = spec
+        self.board = board
         self.writer = writer
+        #: slot seqs when this process took the row over (a restarted feed counts from here)
+        self.seq_at_start = [getattr(board.read(venue_idx, i), "seq", 0) for i in range(len(cfg.symbol_names))]
         self.status = status
         self.publisher = publisher
         symbol_index = {s: i for i, s in enumerate(cfg.symbol_names)}
@@ -103,11 +106,10 @@ class VenueFeed:
         self.stats = FeedStats()
         self.hist = LocalHistogram()
         self.connections: list[Connection] = []
-        #: last write per board symbol index, for per-symbol staleness
-        self.last_write_ns = [0] * len(cfg.symbol_names)
-        # 0 disables the events: an interval no write ever reaches
-        self._quote_interval_ns = cfg.feed.quote_event_interval_ms * 1_000_000 or 2**63
-        self._last_event_ns = [0] * len(cfg.symbol_names)
+        # 0 disables the events: the next one is then never due
+        self._quote_interval_ns = cfg.feed.quote_event_interval_ms * 1_000_000 or 2**62
+        #: per board symbol index, when its next QUOTE_UPDATED event is due
+        self.next_event_ns = [0 if cfg.feed.quote_event_interval_ms and publisher else 2**62] * len(cfg.symbol_names)
 
     def refresh_state(self) -> None:
         """CONNECTED only while every connection is up; DOWN as soon as one is not."""
@@ -123,40 +125,50 @@ class VenueFeed:
             self.stats.error_kinds.add(kind)
             log.warning("%s: bad frame (%s), first of its kind: %r", self.venue, detail, payload[:120])
 
-    def write_one(self, q: BBO, t_recv: int) -> None:
-        st = self.stats
-        m = self.sym_map.get(q[0])
-        if m is None:
-            st.unknown_symbols += 1
-            return
-        idx = m[0]
-        ts_write = self.writer.write(idx, q[1], q[2], q[3], q[4], q[5], t_recv)
-        n = st.quotes = st.quotes + 1
-        self.last_write_ns[idx] = ts_write
-        if not n & HIST_SAMPLE_MASK:
-            self.hist.add(ts_write - t_recv)
-        if ts_write - self._last_event_ns[idx] >= self._quote_interval_ns and self.publisher is not None:
-            self._last_event_ns[idx] = ts_write
+    def quote_event(self, q: BBO, board_symbol: str, idx: int, t_recv: int, ts_write: int) -> None:
+        """A QUOTE_UPDATED event, at most one per symbol per interval (the hot path checks the time)."""
+        self.next_event_ns[idx] = ts_write + self._quote_interval_ns
+        if self.publisher is not None:
             self.publisher.publish(EventType.QUOTE_UPDATED, {
-                "symbol": m[1], "bid": q.bid, "ask": q.ask, "bid_size": q.bid_size,
-                "ask_size": q.ask_size, "exchange": self.venue, "ts": q.ts_exchange_ns,
+                "symbol": board_symbol, "bid": q[1], "ask": q[2], "bid_size": q[3],
+                "ask_size": q[4], "exchange": self.venue, "ts": q[5],
                 "ts_recv_ns": t_recv, "ts_write_ns": ts_write,
             })
 
+    def _written(self) -> tuple[int, int]:
+        """(quotes written since start, newest receive stamp) read off this venue's board row."""
+        total = 0
+        newest = 0
+        for idx, _ in self.sym_map.values():
+            q = self.board.read(self.venue_idx, idx)
+            if q is not None:
+                total += (q.seq - self.seq_at_start[idx]) // 2
+                newest = max(newest, q.ts_recv_ns)
+        return total, newest
+
     def stale_symbols(self, now: int) -> int:
+        """Subscribed symbols whose slot was not written for feed.symbol_stale_ms (read off the board)."""
         limit = self.cfg.feed.symbol_stale_ms * 1_000_000
-        return sum(1 for idx, _ in self.sym_map.values() if now - self.last_write_ns[idx] > limit)
+        stale = 0
+        for idx, _ in self.sym_map.values():
+            q = self.board.read(self.venue_idx, idx)
+            if q is None or now - q.ts_write_ns > limit:
+                stale += 1
+        return stale
 
     def flush(self, slot: int) -> None:
         st = self.stats
         rec = self.status.feeds[self.venue_idx]
+        st.frames = sum(c.frames for c in self.connections)
+        # every board write adds 2 to its slot's seq: the quote count needs no counter on the hot path
+        st.quotes, last_recv = self._written()
         rec["frames"] = st.frames
         rec["quotes"] = st.quotes
         rec["parse_errors"] = st.parse_errors
         rec["unknown_symbols"] = st.unknown_symbols
         rec["reconnects"] = st.reconnects
         rec["resyncs"] = st.resyncs
-        rec["last_recv_ns"] = max((c.last_recv_ns for c in self.connections), default=0)
+        rec["last_recv_ns"] = last_recv
         rec["stale_symbols"] = self.stale_symbols(now_ns())
         if self.hist.dirty:
             self.status.add_histogram(Hop.FEED_RECV_TO_WRITE, self.hist.drain())
@@ -169,29 +181,17 @@ class VenueFeed:
         self.status.heartbeat(slot, counters)
 
 
-class _Listener(picows.WSListener):
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def on_ws_connected(self, transport: picows.WSTransport) -> None:
-        self.conn.on_connected(transport)
-
-    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
-        t_recv = now_ns()
-        mt = frame.msg_type
-        if mt is picows.WSMsgType.TEXT:
-            self.conn.on_frame(frame.get_payload_as_bytes(), False, t_recv)
-        elif mt is picows.WSMsgType.BINARY:
-            self.conn.on_frame(frame.get_payload_as_bytes(), True, t_recv)
-        elif mt is picows.WSMsgType.CLOSE:
-            transport.disconnect()
-
-    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
-        self.conn.on_disconnected()
+_TEXT = picows.WSMsgType.TEXT
+_BINARY = picows.WSMsgType.BINARY
+_CLOSE = picows.WSMsgType.CLOSE
 
 
-class Connection:
-    """One websocket of a venue: its URL, its symbols, its own parser state."""
+class Connection(picows.WSListener):
+    """One websocket of a venue: its URL, its symbols, its own parser state.
+
+    It is its own picows listener, so a frame costs one Python call before the
+    parser: the hot path below keeps everything it needs in bound locals.
+    """
 
     def __init__(self, feed: VenueFeed, url: str, symbols: list[str]) -> None:
         self.feed = feed
@@ -199,47 +199,72 @@ class Connection:
         self.symbols = symbols
         self.parse: Parser = feed.spec.make_parser(feed.parser_context)
         self.transport: picows.WSTransport | None = None
-        self.last_recv_ns = 0
+        self.frames = 0
+        #: frames seen at the last heartbeat and when that count last moved (silence watchdog)
+        self.frames_seen = 0
+        self.last_progress_ns = 0
         ping = feed.spec.ping
         self._is_pong = ping.is_pong if ping is not None else None
+        self._write = feed.writer.write
+        self._sym_get = feed.sym_map.get
+        self._hist_add = feed.hist.add
+        self._next_event = feed.next_event_ns
 
-    def on_connected(self, transport: picows.WSTransport) -> None:
+    def on_ws_connected(self, transport: picows.WSTransport) -> None:
         # a fresh parser per connection: book state never survives a reconnect
         self.parse = self.feed.spec.make_parser(self.feed.parser_context)
         self.transport = transport
-        self.last_recv_ns = now_ns()
+        self.last_progress_ns = now_ns()
         for frame in self.feed.spec.subscribe(self.symbols):
             transport.send(picows.WSMsgType.TEXT, frame)
         self.feed.refresh_state()
         log.info("%s: connected to %s, subscribed to %d symbols", self.feed.venue, self.url, len(self.symbols))
 
-    def on_disconnected(self) -> None:
+    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
         self.transport = None
         self.feed.refresh_state()
 
-    def on_frame(self, payload: bytes, binary: bool, t_recv: int) -> None:
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
         """One frame: every quote in it reaches the board, in arrival order."""
-        feed = self.feed
-        st = feed.stats
-        st.frames += 1
-        self.last_recv_ns = t_recv
-        parsed: list[BBO] | tuple[()] = ()
-        if self._is_pong is not None and not binary and self._is_pong(payload):
-            st.pongs += 1
+        t_recv = now_ns()
+        mt = frame.msg_type
+        if mt is _TEXT:
+            binary = False
+        elif mt is _BINARY:
+            binary = True
         else:
-            try:
-                parsed = self.parse(payload, binary) if binary else self.parse(payload)
-            except ResyncRequired as e:
-                st.resyncs += 1
-                feed.bad_frame(e.kind, f"{e}; resubscribing", payload)
-                if self.transport is not None:
-                    self.transport.disconnect()
-            except ParseError as e:
-                feed.bad_frame(e.kind, str(e), payload)
-            except Exception as e:
-                feed.bad_frame(f"parser_bug_{type(e).__name__}", repr(e), payload)
+            if mt is _CLOSE:
+                transport.disconnect()
+            return
+        payload = frame.get_payload_as_bytes()
+        n = self.frames = self.frames + 1
+        if self._is_pong is not None and not binary and self._is_pong(payload):
+            self.feed.stats.pongs += 1
+            return
+        try:
+            parsed = self.parse(payload, True) if binary else self.parse(payload)
+        except ResyncRequired as e:
+            self.feed.stats.resyncs += 1
+            self.feed.bad_frame(e.kind, f"{e}; resubscribing", payload)
+            transport.disconnect()
+            return
+        except ParseError as e:
+            self.feed.bad_frame(e.kind, str(e), payload)
+            return
+        except Exception as e:
+            self.feed.bad_frame(f"parser_bug_{type(e).__name__}", repr(e), payload)
+            return
         for q in parsed:
-            feed.write_one(q, t_recv)
+            m = self._sym_get(q[0])
+            if m is None:
+                self.feed.stats.unknown_symbols += 1
+                continue
+            idx = m[0]
+            ts_write = self._write(idx, q[1], q[2], q[3], q[4], q[5], t_recv)
+            if not n & HIST_SAMPLE_MASK:
+                self._hist_add(ts_write - t_recv)
+            if ts_write >= self._next_event[idx]:
+                self.feed.quote_event(q, m[1], idx, t_recv, ts_write)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep this connection up until `stop`: connect, ping, watch for silence, back off."""
@@ -255,7 +280,7 @@ class Connection:
             first = False
             try:
                 transport, _ = await picows.ws_connect(
-                    lambda: _Listener(self), self.url, extra_headers=dict(spec.extra_headers) or None,
+                    lambda: self, self.url, extra_headers=dict(spec.extra_headers) or None,
                     websocket_handshake_timeout=5,
                 )
             except (TimeoutError, OSError, picows.WSError) as e:
@@ -305,7 +330,7 @@ async def run_feed(ctx: RunContext, venue: str, stop: asyncio.Event) -> None:
     zctx = zmq.Context()
     publisher = EventPublisher(zctx, ctx.endpoints, f"feed-{venue}")
     writer = board.writer(venue_idx)
-    feed = VenueFeed(cfg, venue, venue_idx, spec, writer, status, publisher)
+    feed = VenueFeed(cfg, venue, venue_idx, spec, board, writer, status, publisher)
     feed.connections = [Connection(feed, url, syms) for url, syms in spec.connections(
         base_url(ctx, venue, spec), feed.venue_symbols)]
     status.register_proc(ctx.slot, f"feed-{venue}", Role.FEED, os.getpid())
@@ -343,7 +368,10 @@ async def _heartbeat(ctx: RunContext, feed: VenueFeed, stop: asyncio.Event) -> N
         t = now_ns()
         for c in feed.connections:
             tr = c.transport
-            if tr is not None and t - c.last_recv_ns > silent_ns:
+            if c.frames != c.frames_seen:
+                c.frames_seen = c.frames
+                c.last_progress_ns = t
+            if tr is not None and t - c.last_progress_ns > silent_ns:
                 # open but silent (e.g. a wrong routed path fails silently): drop and reconnect
                 log.warning("%s: %s silent for %d ms, reconnecting", feed.venue, c.url, fcfg.silent_reconnect_ms)
                 feed.status.set_feed_state(feed.venue_idx, FeedState.STALE)
