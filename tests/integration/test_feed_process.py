@@ -80,7 +80,8 @@ async def _until(what: str, cond: Any, proc: subprocess.Popen[bytes]) -> None:
 
 def test_feed_process_parses_counts_reconnects_and_stops(tmp_path: Path) -> None:
     raw = example_raw()
-    raw["feed"].update(silent_reconnect_ms=600, reconnect_initial_ms=50, reconnect_max_ms=200, heartbeat_ms=50)
+    raw["feed"].update(silent_reconnect_ms=600, reconnect_initial_ms=50, reconnect_max_ms=200, heartbeat_ms=50,
+                       symbol_stale_ms=300)
     cfg = parse_config(raw)
     run_dir = Path(tempfile.mkdtemp(prefix="pbf"))
     run_id = unique_run_id()
@@ -108,6 +109,8 @@ def test_feed_process_parses_counts_reconnects_and_stops(tmp_path: Path) -> None
                 assert 0 < btc.ts_recv_ns <= btc.ts_write_ns
                 assert eth is not None and (eth.bid, eth.ask) == (3000.1, 3000.3)  # the crossed one never landed
                 assert board.read(1, 0) is None  # other venues' rows untouched
+                # SOLUSDT is subscribed but the server never quotes it: counted stale
+                await _until("the unquoted symbol counted stale", lambda: feed["stale_symbols"] >= 1, proc)
                 assert server.subscribes[0] == {"method": "SUBSCRIBE", "params": [
                     "btcusdt@bookTicker", "ethusdt@bookTicker", "solusdt@bookTicker"], "id": 1}
 
