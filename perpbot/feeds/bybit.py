@@ -48,6 +48,7 @@ from perpbot.feeds.spec import (
     PingRule,
     ResyncRequired,
     check_quote,
+    json_object,
     ms_to_ns,
 )
 
@@ -154,14 +155,7 @@ def make_parser(ctx: ParserContext) -> Parser:
     contract_size = ctx.contract_size
 
     def parse(frame: bytes, binary: bool = False) -> list[BBO]:
-        if binary:
-            raise ParseError("unexpected_binary", f"{len(frame)} bytes")
-        try:
-            msg = orjson.loads(frame)
-        except orjson.JSONDecodeError:
-            raise ParseError("not_json", frame[:60].decode(errors="replace")) from None
-        if type(msg) is not dict:
-            raise ParseError("unexpected_shape", "top level is not an object")
+        msg = json_object(frame, binary)
         tp = msg.get("topic")
         if tp is None:
             return _reply(msg)

@@ -35,11 +35,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from decimal import Decimal
 
 import orjson
 
-from perpbot.feeds.spec import BBO, FeedSpec, ParseError, Parser, ParserContext, PingRule, check_quote, ms_to_ns
+from perpbot.feeds.spec import (
+    BBO,
+    FeedSpec,
+    ParseError,
+    Parser,
+    ParserContext,
+    PingRule,
+    base_size,
+    check_quote,
+    contract_scale,
+    json_object,
+    ms_to_ns,
+)
 
 CHANNEL = "futures.book_ticker"
 #: contracts per subscribe message: a message with one delisted contract fails entirely,
@@ -80,39 +91,6 @@ def is_pong(frame: bytes) -> bool:
     return _PONG_MARK in frame
 
 
-def contract_scale(contract_size: float) -> tuple[float, str, int]:
-    """How to turn contracts into base units exactly: (size, exponent suffix, decimal places).
-
-    The suffix is `e<k>` when the size is exactly 10**k (quanto_multiplier 0.01 -> `e-2`), else "".
-    """
-    sign, digits, exponent = Decimal(repr(contract_size)).normalize().as_tuple()
-    if not isinstance(exponent, int):  # nan/inf: the config refuses them; multiply and let check_quote judge
-        return contract_size, "", 0
-    return contract_size, f"e{exponent}" if digits == (1,) and not sign else "", max(0, -exponent)
-
-
-def base_size(raw: object, contract_size: float, suffix: str, contract_dp: int) -> float:
-    """A size in contracts as sent (decimal string or integer) -> base units, as the nearest float to the exact decimal.
-
-    contracts x quanto_multiplier is an exact decimal, but the binary product is often an
-    ulp off (421.93 x 0.01 = 4.2193000000000005). For a power-of-ten size the
-    shift is done in the text (`"421.93e-2"`), so float() rounds once; any other
-    size is multiplied and rounded to the decimal places the product has.
-    """
-    if suffix:
-        if type(raw) is str:
-            return float(raw + suffix)
-        if type(raw) is int:
-            return float(f"{raw}{suffix}")
-    x = float(raw) * contract_size  # type: ignore[arg-type]  # TypeError/ValueError are the caller's ParseError
-    if type(raw) is str:
-        dot = raw.find(".")
-        return round(x, contract_dp + (len(raw) - dot - 1 if dot >= 0 else 0))
-    if type(raw) is int:
-        return round(x, contract_dp)
-    return x
-
-
 def _control(msg: dict[str, object]) -> list[BBO]:
     """Acks, pongs and other channels are no quote; an error reply is a ParseError."""
     err = msg.get("error")
@@ -132,14 +110,7 @@ def make_parser(ctx: ParserContext) -> Parser:
         return s
 
     def parse(frame: bytes, binary: bool = False) -> list[BBO]:
-        if binary:
-            raise ParseError("unexpected_binary", f"{len(frame)} bytes")
-        try:
-            msg = orjson.loads(frame)
-        except orjson.JSONDecodeError:
-            raise ParseError("not_json", frame[:60].decode(errors="replace")) from None
-        if type(msg) is not dict:
-            raise ParseError("unexpected_shape", "top level is not an object")
+        msg = json_object(frame, binary)
         if msg.get("channel") != CHANNEL or msg.get("event") != "update":
             if "channel" not in msg:
                 raise ParseError("unexpected_shape", "no channel")

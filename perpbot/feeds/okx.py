@@ -30,11 +30,21 @@ connection) is from secondary sources and not verified here.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
 
 import orjson
 
-from perpbot.feeds.spec import BBO, FeedSpec, ParseError, Parser, ParserContext, PingRule, check_quote, ms_to_ns
+from perpbot.feeds.spec import (
+    BBO,
+    FeedSpec,
+    ParseError,
+    Parser,
+    ParserContext,
+    PingRule,
+    base_size,
+    check_quote,
+    contract_scale,
+    ms_to_ns,
+)
 
 CHANNEL = "bbo-tbt"
 #: args per subscribe request: about 9 KB of JSON, far under OKX's 64 KB per request,
@@ -54,39 +64,6 @@ def subscribe(symbols: Sequence[str]) -> list[bytes]:
         orjson.dumps({"op": "subscribe", "args": args[i : i + MAX_ARGS_PER_REQUEST]})
         for i in range(0, len(args), MAX_ARGS_PER_REQUEST)
     ]
-
-
-def contract_scale(contract_size: float) -> tuple[float, str, int]:
-    """How to turn contracts into base units exactly: (size, exponent suffix, decimal places).
-
-    The suffix is `e<k>` when the size is exactly 10**k (ctVal 0.01 -> `e-2`), else "".
-    """
-    sign, digits, exponent = Decimal(repr(contract_size)).normalize().as_tuple()
-    if not isinstance(exponent, int):  # nan/inf: the config refuses them; multiply and let check_quote judge
-        return contract_size, "", 0
-    return contract_size, f"e{exponent}" if digits == (1,) and not sign else "", max(0, -exponent)
-
-
-def base_size(raw: object, contract_size: float, suffix: str, contract_dp: int) -> float:
-    """A size in contracts as sent (decimal string or integer) -> base units, as the nearest float to the exact decimal.
-
-    contracts x ctVal is an exact decimal, but the binary product is often an
-    ulp off (421.93 x 0.01 = 4.2193000000000005). For a power-of-ten size the
-    shift is done in the text (`"421.93e-2"`), so float() rounds once; any other
-    size is multiplied and rounded to the decimal places the product has.
-    """
-    if suffix:
-        if type(raw) is str:
-            return float(raw + suffix)
-        if type(raw) is int:
-            return float(f"{raw}{suffix}")
-    x = float(raw) * contract_size  # type: ignore[arg-type]  # TypeError/ValueError are the caller's ParseError
-    if type(raw) is str:
-        dot = raw.find(".")
-        return round(x, contract_dp + (len(raw) - dot - 1 if dot >= 0 else 0))
-    if type(raw) is int:
-        return round(x, contract_dp)
-    return x
 
 
 def _control(msg: dict[str, object]) -> list[BBO]:

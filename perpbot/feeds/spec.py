@@ -30,7 +30,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from decimal import Decimal
+from typing import Any, NamedTuple, Protocol
+
+import orjson
 
 
 class BBO(NamedTuple):
@@ -94,6 +97,52 @@ class FeedSpec:
     ping: PingRule | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict)
     binary: bool = False
+
+
+def contract_scale(contract_size: float) -> tuple[float, str, int]:
+    """How to turn contracts into base units exactly: (size, exponent suffix, decimal places).
+
+    The suffix is `e<k>` when the size is exactly 10**k (OKX ctVal 0.01 -> `e-2`), else "".
+    """
+    sign, digits, exponent = Decimal(repr(contract_size)).normalize().as_tuple()
+    if not isinstance(exponent, int):  # nan/inf: the config refuses them; multiply and let check_quote judge
+        return contract_size, "", 0
+    return contract_size, f"e{exponent}" if digits == (1,) and not sign else "", max(0, -exponent)
+
+
+def base_size(raw: object, contract_size: float, suffix: str, contract_dp: int) -> float:
+    """A size in contracts as sent (decimal string or integer) -> base units, as the nearest float to the exact decimal.
+
+    contracts x contract size is an exact decimal, but the binary product is often an
+    ulp off (421.93 x 0.01 = 4.2193000000000005). For a power-of-ten size the
+    shift is done in the text (`"421.93e-2"`), so float() rounds once; any other
+    size is multiplied and rounded to the decimal places the product has.
+    """
+    if suffix:
+        if type(raw) is str:
+            return float(raw + suffix)
+        if type(raw) is int:
+            return float(f"{raw}{suffix}")
+    x = float(raw) * contract_size  # type: ignore[arg-type]  # TypeError/ValueError are the caller's ParseError
+    if type(raw) is str:
+        dot = raw.find(".")
+        return round(x, contract_dp + (len(raw) - dot - 1 if dot >= 0 else 0))
+    if type(raw) is int:
+        return round(x, contract_dp)
+    return x
+
+
+def json_object(frame: bytes, binary: bool = False) -> dict[str, Any]:
+    """A text frame's JSON object, or ParseError naming why not (binary, not JSON, not an object)."""
+    if binary:
+        raise ParseError("unexpected_binary", f"{len(frame)} bytes")
+    try:
+        msg = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise ParseError("not_json", bytes(frame[:60]).decode(errors="replace")) from None
+    if type(msg) is not dict:
+        raise ParseError("unexpected_shape", "top level is not an object")
+    return msg
 
 
 def check_quote(bid: float, ask: float, bid_size: float, ask_size: float) -> None:

@@ -27,11 +27,40 @@ and a `Frame` says whether it goes out as text or binary.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import lru_cache
 from typing import ClassVar, NamedTuple
 
 from perpbot.sim.market import SimQuote
+
+
+def decimal_text(value: float, dp: int, trim: bool = False) -> str:
+    """A number with `dp` decimals; `trim` drops trailing zeros as some venues print (`63921.5`)."""
+    text = f"{value:.{dp}f}"
+    if trim and "." in text:
+        return text.rstrip("0").rstrip(".")
+    return text
+
+
+def contracts_text(size: float, size_dp: int, contract_size: float, trim: bool = False) -> str:
+    """A base-unit size (on its lot grid) as the exact decimal number of contracts (0.812 BTC at 0.01 -> `81.2`)."""
+    if contract_size == 1.0:
+        return decimal_text(size, size_dp, trim)
+    return f"{(Decimal(f'{size:.{size_dp}f}') / Decimal(repr(contract_size))).normalize():f}"
+
+
+@lru_cache(maxsize=64)
+def wire_decimals(size_dp: int, contract_size: float) -> int:
+    """Decimals that write any lot-grid size divided by `contract_size` exactly (powers of ten)."""
+    if contract_size == 1.0:
+        return size_dp
+    e = round(math.log10(contract_size))
+    if math.isclose(10.0**e, contract_size, rel_tol=1e-12):
+        return max(0, size_dp + e)
+    return size_dp + 10  # not a power of ten: as close as a float string gets
 
 
 class Frame(NamedTuple):

@@ -20,24 +20,15 @@ USDT-M futures that is base units.
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import orjson
 
 from perpbot.sim.market import SimQuote
-from perpbot.sim.protocol import Frame, Instrument, Session, SimProtocol
+from perpbot.sim.protocol import Frame, Instrument, Session, SimProtocol, contracts_text
 
 INST_TYPE = "USDT-FUTURES"
 CHANNEL = "books1"
 _PING = b"ping"
 _PONG = Frame(b"pong")
-
-
-def size_text(size: float, size_dp: int, contract_size: float) -> str:
-    """A base-unit size as the exact decimal number of contracts, lot decimals kept for contract size 1."""
-    if contract_size == 1.0:
-        return f"{size:.{size_dp}f}"
-    return f"{(Decimal(f'{size:.{size_dp}f}') / Decimal(repr(contract_size))).normalize():f}"
 
 
 def _error(code: int, msg: str, arg: dict[str, str] | None = None, op: str | None = None) -> Frame:
@@ -108,8 +99,8 @@ class BitgetProtocol(SimProtocol):
         return Frame((
             f'{{"action":"snapshot","arg":{{"instType":"{INST_TYPE}","channel":"{CHANNEL}",'
             f'"instId":"{inst.symbol}"}},"data":[{{'
-            f'"asks":[["{q.ask:.{p}f}","{size_text(q.ask_size, s, c)}"]],'
-            f'"bids":[["{q.bid:.{p}f}","{size_text(q.bid_size, s, c)}"]],'
+            f'"asks":[["{q.ask:.{p}f}","{contracts_text(q.ask_size, s, c)}"]],'
+            f'"bids":[["{q.bid:.{p}f}","{contracts_text(q.bid_size, s, c)}"]],'
             f'"checksum":0,"seq":{update_id},"ts":"{ts_ms}"}}],"ts":{ts_ms}}}'
         ).encode())
 

@@ -24,28 +24,20 @@ exact decimals); for Bybit linear that is base units.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from perpbot.sim.market import SimQuote
-from perpbot.sim.protocol import Frame, Instrument, Session, SimProtocol
+from perpbot.sim.protocol import Frame, Instrument, Session, SimProtocol, contracts_text
 
 #: args accepted in one request (Bybit's documented spot limit; the feed batches by it)
 MAX_ARGS = 10
 _SEQ_BASE = 760_000_000_000  # cross sequence numbers look like the venue's (12 digits)
 
 
-def size_text(size: float, size_dp: int, contract_size: float) -> str:
-    """A base-unit size as the exact decimal number of contracts, lot decimals kept for contract size 1."""
-    if contract_size == 1.0:
-        return f"{size:.{size_dp}f}"
-    return f"{(Decimal(f'{size:.{size_dp}f}') / Decimal(repr(contract_size))).normalize():f}"
-
-
 def _level(px: float, size: float, inst: Instrument) -> str:
-    return f'["{px:.{inst.price_dp}f}","{size_text(size, inst.size_dp, inst.contract_size)}"]'
+    return f'["{px:.{inst.price_dp}f}","{contracts_text(size, inst.size_dp, inst.contract_size)}"]'
 
 
 def _side(old_px: float, old_size: float, px: float, size: float, inst: Instrument) -> str:

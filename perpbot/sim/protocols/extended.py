@@ -23,22 +23,8 @@ anyway (wire size = base size / contract size).
 
 from __future__ import annotations
 
-import math
-from functools import lru_cache
-
 from perpbot.sim.market import SimQuote
-from perpbot.sim.protocol import Frame, Instrument, Session, SimProtocol
-
-
-@lru_cache(maxsize=64)
-def wire_decimals(size_dp: int, contract_size: float) -> int:
-    """Decimals that write any lot-grid size divided by `contract_size` exactly (powers of ten)."""
-    if contract_size == 1.0:
-        return size_dp
-    e = round(math.log10(contract_size))
-    if math.isclose(10.0**e, contract_size, rel_tol=1e-12):
-        return max(0, size_dp + e)
-    return size_dp + 10  # not a power of ten: as close as a float string gets
+from perpbot.sim.protocol import Frame, Instrument, Session, SimProtocol, wire_decimals
 
 
 def depth_of(query: str) -> str | None:

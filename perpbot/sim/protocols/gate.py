@@ -13,13 +13,12 @@ header (which the feed sends) selects.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from perpbot.sim.market import SimQuote
-from perpbot.sim.protocol import Frame, Instrument, Session, SimProtocol
+from perpbot.sim.protocol import Frame, Instrument, Session, SimProtocol, contracts_text, decimal_text
 
 CHANNEL = "futures.book_ticker"
 #: Gate's subscribe error codes: 1 invalid argument struct, 2 invalid argument
@@ -28,18 +27,8 @@ _BAD_ARGUMENT = 2
 
 
 def price_text(price: float, dp: int) -> str:
-    """A price as Gate prints it: trailing zeros dropped (`0.21`, `62914.2`)."""
-    text = f"{price:.{dp}f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-def contracts_text(size: float, size_dp: int, contract_size: float) -> str:
-    """A base-unit size (on its lot grid) as the exact decimal number of contracts, e.g. 0.812 BTC -> `8120`."""
-    text = f"{size:.{size_dp}f}"
-    if contract_size == 1.0:
-        return price_text(size, size_dp)
-    contracts = Decimal(text) / Decimal(repr(contract_size))
-    return f"{contracts.normalize():f}"
+    """A price as the venue prints it: the tick's decimals, trailing zeros dropped (`63921`, `63921.5`)."""
+    return decimal_text(price, dp, trim=True)
 
 
 class GateProtocol(SimProtocol):
@@ -124,8 +113,8 @@ class GateProtocol(SimProtocol):
             (
                 f'{{"time":{ts_ms // 1000},"time_ms":{ts_ms},"channel":"{CHANNEL}","event":"update",'
                 f'"result":{{"t":{ts_ms},"u":{update_id},"s":"{inst.symbol}",'
-                f'"b":"{price_text(q.bid, p)}","B":"{contracts_text(q.bid_size, s, c)}",'
-                f'"a":"{price_text(q.ask, p)}","A":"{contracts_text(q.ask_size, s, c)}"}}}}'
+                f'"b":"{price_text(q.bid, p)}","B":"{contracts_text(q.bid_size, s, c, trim=True)}",'
+                f'"a":"{price_text(q.ask, p)}","A":"{contracts_text(q.ask_size, s, c, trim=True)}"}}}}'
             ).encode()
         )
 

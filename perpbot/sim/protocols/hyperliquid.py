@@ -26,14 +26,12 @@ agree on any instrument.
 
 from __future__ import annotations
 
-import math
-from functools import lru_cache
 from typing import Any
 
 import orjson
 
 from perpbot.sim.market import SimQuote
-from perpbot.sim.protocol import Frame, Instrument, Session, SimProtocol
+from perpbot.sim.protocol import Frame, Instrument, Session, SimProtocol, wire_decimals
 
 GREETING = b"Websocket connection established."
 PONG = b'{"channel":"pong"}'
@@ -48,17 +46,6 @@ def ack(method: str, subscription: dict[str, str]) -> Frame:
     """`{"channel":"subscriptionResponse","data":{"method":...,"subscription":{...}}}`."""
     return Frame(orjson.dumps({"channel": "subscriptionResponse",
                                "data": {"method": method, "subscription": subscription}}))
-
-
-@lru_cache(maxsize=64)
-def wire_decimals(size_dp: int, contract_size: float) -> int:
-    """Decimals that write any lot-grid size divided by `contract_size` exactly (powers of ten)."""
-    if contract_size == 1.0:
-        return size_dp
-    e = round(math.log10(contract_size))
-    if math.isclose(10.0**e, contract_size, rel_tol=1e-12):
-        return max(0, size_dp + e)
-    return size_dp + 10  # not a power of ten: as close as a float string gets
 
 
 class HyperliquidProtocol(SimProtocol):

@@ -12,12 +12,10 @@ frame per change. Sizes go out in contracts (`size / contract_size`).
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import orjson
 
 from perpbot.sim.market import SimQuote
-from perpbot.sim.protocol import Frame, Instrument, Session, SimProtocol
+from perpbot.sim.protocol import Frame, Instrument, Session, SimProtocol, contracts_text, decimal_text
 
 CHANNEL = "bbo-tbt"
 _PING = b"ping"
@@ -25,18 +23,8 @@ _PONG = Frame(b"pong")
 
 
 def price_text(price: float, dp: int) -> str:
-    """A price as OKX prints it: the tick's decimals, trailing zeros dropped (`63921`, `63921.5`)."""
-    text = f"{price:.{dp}f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-def contracts_text(size: float, size_dp: int, contract_size: float) -> str:
-    """A base-unit size (on its lot grid) as the exact decimal number of contracts, e.g. 0.812 BTC -> `81.2`."""
-    text = f"{size:.{size_dp}f}"
-    if contract_size == 1.0:
-        return price_text(size, size_dp)
-    contracts = Decimal(text) / Decimal(repr(contract_size))
-    return f"{contracts.normalize():f}"
+    """A price as the venue prints it: the tick's decimals, trailing zeros dropped (`63921`, `63921.5`)."""
+    return decimal_text(price, dp, trim=True)
 
 
 def unknown_message(channel: str, inst_id: str) -> str:
@@ -114,8 +102,8 @@ class OkxProtocol(SimProtocol):
         return Frame(
             (
                 f'{{"arg":{{"channel":"{CHANNEL}","instId":"{inst.symbol}"}},"data":[{{'
-                f'"asks":[["{price_text(q.ask, p)}","{contracts_text(q.ask_size, s, c)}","0","1"]],'
-                f'"bids":[["{price_text(q.bid, p)}","{contracts_text(q.bid_size, s, c)}","0","1"]],'
+                f'"asks":[["{price_text(q.ask, p)}","{contracts_text(q.ask_size, s, c, trim=True)}","0","1"]],'
+                f'"bids":[["{price_text(q.bid, p)}","{contracts_text(q.bid_size, s, c, trim=True)}","0","1"]],'
                 f'"ts":"{ts_ms}","seqId":{update_id}}}]}}'
             ).encode()
         )
