@@ -57,9 +57,10 @@ def find_run(root: Path, run_id: str | None) -> Path:
 
 def format_status(r: dict[str, Any]) -> str:
     lines = [f"run {r['run_id']}  trading: {r['trading_state']}", "",
-             "process          state      pid      heartbeat age"]
+             "process          state      pid      heartbeat age  restarts"]
     for name, p in r["processes"].items():
-        lines.append(f"  {name:<15}{p['state']:<11}{p['pid']:<9}{p['heartbeat_age_ms']:>8.1f} ms")
+        lines.append(f"  {name:<15}{p['state']:<11}{p['pid']:<9}{p['heartbeat_age_ms']:>8.1f} ms"
+                     f"{p['restarts']:>10}")
     lines += ["", "venue          feed        quotes   errors  reconnects  stale  last quote"]
     for v, f in r["feeds"].items():
         age = "-" if f["last_quote_age_ms"] is None else f"{f['last_quote_age_ms']:.0f} ms ago"

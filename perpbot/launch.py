@@ -50,9 +50,23 @@ class Child:
     module: str
     slot: int
     args: list[str] = field(default_factory=list)
+    #: feeds and the scanner hold no state a restart loses; the market's ports and the exec
+    #: process's open trades do, so their death ends the run (exec recovery: a later release)
+    restartable: bool = False
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     log_file: TextIO | None = None
+    #: monotonic times of recent crashes, for the crash-loop limit
+    crashes: list[float] = field(default_factory=list)
+    restart_at: float | None = None
+
+
+#: restart backoff: RESTART_BASE_S doubled per recent crash, at most RESTART_MAX_S
+RESTART_BASE_S = 0.5
+RESTART_MAX_S = 10.0
+#: this many crashes of one process within CRASH_WINDOW_S halt trading and stop restarting it
+CRASH_LIMIT = 5
+CRASH_WINDOW_S = 60.0
 
 
 class Launcher:
@@ -119,12 +133,12 @@ class Launcher:
         self._wait_ready([exec_])
         feeds = []
         for venue in cfg.venue_names:
-            feeds.append(Child(f"feed-{venue}", "perpbot.feeds.process", slot, ["--venue", venue]))
+            feeds.append(Child(f"feed-{venue}", "perpbot.feeds.process", slot, ["--venue", venue], restartable=True))
             slot += 1
         for f in feeds:
             self._spawn(f)
         self._wait_ready(feeds)
-        scanner = Child("scanner", "perpbot.scanner.process", slot)
+        scanner = Child("scanner", "perpbot.scanner.process", slot, restartable=True)
         self._spawn(scanner)
         self._wait_ready([scanner])
         assert self.status is not None
@@ -132,10 +146,32 @@ class Launcher:
 
     def _spawn(self, c: Child) -> None:
         c.log_path = self.data_dir / f"{c.name}.log"
-        c.log_file = open(c.log_path, "w")
+        if c.log_file is None:
+            c.log_file = open(c.log_path, "a")
         cmd = [sys.executable, "-m", c.module, "--run-dir", str(self.run_dir), "--slot", str(c.slot), *c.args]
         c.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=c.log_file, stderr=subprocess.STDOUT)
-        self.children.append(c)
+        if c not in self.children:
+            self.children.append(c)
+
+    def _child_exited(self, c: Child, now: float) -> None:
+        """Restart a restartable child with backoff; a crash loop halts trading; anything else ends the run."""
+        assert c.proc is not None and self.status is not None
+        code = c.proc.returncode
+        if not c.restartable:
+            raise ChildFailed(c, f"exited unexpectedly with code {code}")
+        c.crashes = [t for t in c.crashes if now - t < CRASH_WINDOW_S] + [now]
+        rec = self.status.procs[c.slot]
+        rec["restarts"] = int(rec["restarts"]) + 1
+        if len(c.crashes) >= CRASH_LIMIT:
+            self.status.set_halt()
+            raise ChildFailed(c, f"crashed {len(c.crashes)} times in {CRASH_WINDOW_S:g} s (last exit code "
+                              f"{code}); trading halted")
+        delay = min(RESTART_BASE_S * 2 ** (len(c.crashes) - 1), RESTART_MAX_S)
+        c.restart_at = now + delay
+        c.proc = None
+        self.out.write(f"{c.name} exited with code {code}; restarting in {delay:.1f} s "
+                       f"(crash {len(c.crashes)} of {CRASH_LIMIT} allowed in {CRASH_WINDOW_S:g} s)\n")
+        self.out.flush()
 
     def _wait_ready(self, children: list[Child]) -> None:
         assert self.status is not None
@@ -163,11 +199,14 @@ class Launcher:
             self._pump(100)
             if self.stop_reason:
                 break  # Ctrl-C reaches the whole process group: children exiting now is expected
-            for c in self.children:
-                assert c.proc is not None
-                if c.proc.poll() is not None:
-                    raise ChildFailed(c, f"exited unexpectedly with code {c.proc.returncode}")
             now = time.monotonic()
+            for c in self.children:
+                if c.proc is None:
+                    if c.restart_at is not None and now >= c.restart_at:
+                        c.restart_at = None
+                        self._spawn(c)
+                elif c.proc.poll() is not None:
+                    self._child_exited(c, now)
             if deadline is not None and now >= deadline:
                 self.stop_reason = f"duration of {duration_s:g} s reached"
             if now >= next_line:

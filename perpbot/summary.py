@@ -17,6 +17,9 @@ from perpbot.metrics import quantile
 from perpbot.shm import StatusBoard
 from perpbot.shm.layout import ExecCounter, FeedKind, FeedState, Hop, ProcState, ScannerCounter, TradingState
 
+#: every process beats at least every 200 ms; five missed beats make it DEGRADED
+DEGRADED_AFTER_NS = 1_000_000_000
+
 
 def _counters(status: StatusBoard, slot: int | None, names: type[ExecCounter | ScannerCounter]) -> dict[str, int]:
     if slot is None:
@@ -47,10 +50,16 @@ def status_report(status: StatusBoard, run_id: str, procs: Sequence[tuple[str, i
     processes = {}
     for name, slot in [("launcher", 0), *procs]:
         rec = status.procs[slot]
+        state = ProcState(int(rec["state"]))
+        age_ns = t - int(rec["heartbeat_ns"])
+        # a process that stopped beating is DEGRADED to every reader (its own record says RUNNING)
+        if state == ProcState.RUNNING and age_ns > DEGRADED_AFTER_NS:
+            state = ProcState.DEGRADED
         processes[name] = {
             "pid": int(rec["pid"]),
-            "state": ProcState(int(rec["state"])).name,
-            "heartbeat_age_ms": round((t - int(rec["heartbeat_ns"])) / 1e6, 1),
+            "state": state.name,
+            "heartbeat_age_ms": round(age_ns / 1e6, 1),
+            "restarts": int(rec["restarts"]),
         }
     feeds = {}
     for i, v in enumerate(status.venues):

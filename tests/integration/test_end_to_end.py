@@ -231,26 +231,38 @@ def test_demo_trades_end_to_end_and_kill_stops_new_orders(run_env: dict[str, Any
     assert not (run_env["run_root"] / run_id).exists()
 
 
-def test_crashed_child_is_named_and_the_rest_shut_down(run_env: dict[str, Any], tmp_path: Path) -> None:
+def test_a_crashed_feed_or_scanner_is_restarted_and_a_crashed_exec_ends_the_run(
+        run_env: dict[str, Any], tmp_path: Path) -> None:
     log = tmp_path / "launch.log"
     proc = _launch(run_env["config"], 300, log)
     try:
         _wait_for("all processes running", lambda: b"all processes running" in log.read_bytes(),
                   START_DEADLINE_S, proc, log)
         st = orjson.loads(_ctl(run_env["config"], "--json", "status").stdout)
-        os.kill(st["processes"]["scanner"]["pid"], signal.SIGKILL)
+        for name in ("scanner", "feed-okx"):
+            old_pid = st["processes"][name]["pid"]
+            os.kill(old_pid, signal.SIGKILL)
+
+            def restarted(name: str = name, old_pid: int = old_pid) -> bool:
+                p = orjson.loads(_ctl(run_env["config"], "--json", "status").stdout)["processes"][name]
+                return p["pid"] != old_pid and p["state"] == "RUNNING" and p["restarts"] == 1
+
+            _wait_for(f"{name} restarted", restarted, START_DEADLINE_S, proc, log)
+        assert f"{name} exited with code -9; restarting" in log.read_text()
+        assert orjson.loads(_ctl(run_env["config"], "--json", "status").stdout)["trading_state"] == "RUNNING"
+
+        # the exec process holds open trades: its death ends the run, named, nothing left behind
+        os.kill(st["processes"]["exec"]["pid"], signal.SIGKILL)
         assert proc.wait(60) == 1
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     out = log.read_text()
-    assert "scanner exited unexpectedly" in out
+    assert "exec exited unexpectedly" in out
     run_id = st["run_id"]
     assert not list(Path("/dev/shm").glob(f"perpbot-{run_id}-*"))
     assert _our_processes(run_id) == []
-    for name, p in st["processes"].items():
-        assert not psutil.pid_exists(p["pid"]) or psutil.Process(p["pid"]).status() == psutil.STATUS_ZOMBIE, name
 
 
 def test_ctrl_c_to_the_process_group_stops_everything_cleanly(run_env: dict[str, Any], tmp_path: Path) -> None:
