@@ -1,7 +1,7 @@
 """perpbot-ctl: talk to a running PerpBot over its control socket.
 
     perpbot-ctl [--run RUN_ID] [--config FILE] [--json] status
-    perpbot-ctl kill | pause | resume
+    perpbot-ctl kill [--flatten] | pause | resume | flatten | reload-risk
 
 Finds the run in the per-user run root (the config's `run.run_root`, or the
 default); with one live run `--run` is optional. Exits non-zero when the run
@@ -17,13 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import yaml
 
 from perpbot import bus
-from perpbot.config import load_config
 from perpbot.errors import ConfigError
-from perpbot.runctx import RUN_FILE, default_run_root, run_root
+from perpbot.runctx import RUN_FILE, default_run_root
 
 PID_FILE = "launcher.pid"
+
+
+def _run_root_of(config: Path) -> Path:
+    """The run root a config names, read without validating the rest: `reload-risk` must reach the
+    launcher even while the file is being edited, so the launcher can say what is wrong with it."""
+    try:
+        raw = yaml.safe_load(config.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError("$", f"cannot read {config}: {e}") from None
+    run = raw.get("run") if isinstance(raw, dict) else None
+    root = run.get("run_root") if isinstance(run, dict) else None
+    return Path(root) if isinstance(root, str) and root else default_run_root()
 
 
 def live_runs(root: Path) -> list[Path]:
@@ -94,14 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout-ms", type=int, default=5000, help="how long to wait for a reply, ms")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="processes, feeds, counters, positions, latency")
-    sub.add_parser("kill", help="halt trading now: no new order of any kind")
+    kill = sub.add_parser("kill", help="halt trading now: no new order of any kind, open orders cancelled")
+    kill.add_argument("--flatten", action="store_true", help="close every position first, then halt")
     sub.add_parser("pause", help="stop opening new positions")
     sub.add_parser("resume", help="resume after pause (not after kill)")
+    sub.add_parser("flatten", help="close every open position now; trading state unchanged")
+    sub.add_parser("reload-risk", help="re-read the risk limits from the config file (validated first)")
     args = p.parse_args(argv)
+    cmd_args = {"flatten": True} if getattr(args, "flatten", False) else {}
     try:
-        root = run_root(load_config(args.config)) if args.config else default_run_root()
+        root = _run_root_of(args.config) if args.config else default_run_root()
         run_dir = find_run(root, args.run)
-        reply = bus.control_request(bus.endpoints(run_dir), args.command, timeout_ms=args.timeout_ms)
+        reply = bus.control_request(bus.endpoints(run_dir), args.command, cmd_args, timeout_ms=args.timeout_ms)
     except ConfigError as e:
         print(f"perpbot-ctl: {e}", file=sys.stderr)
         return 2
@@ -109,15 +125,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"perpbot-ctl: {e}", file=sys.stderr)
         return 3
     if not reply.get("ok"):
-        print(f"perpbot-ctl: {args.command} refused: {reply.get('error')}", file=sys.stderr)
+        print(f"perpbot-ctl: {args.command} failed: {reply.get('error')}", file=sys.stderr)
+        if args.json:
+            print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
         return 1
     if args.json:
         print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
     elif args.command == "status":
         print(format_status(reply))
     elif args.command == "kill":
-        print(f"halted: no new orders (flag set {reply['command_to_halt_us']:.1f} us after the launcher "
-              f"received the command)")
+        if "flatten_ms" in reply:
+            print(f"flattened in {reply['flatten_ms']:.0f} ms" if reply.get("flattened")
+                  else f"NOT flat after {reply['flatten_ms']:.0f} ms: positions remain, see exec's log")
+        print(f"halted: last possible new order {reply['command_to_halt_us']:.1f} us after the launcher received "
+              f"the command; all open orders cancelled after {reply['command_to_cancelled_us']:.0f} us")
+    elif args.command == "flatten":
+        print(f"flat: every open trade closed in {reply['flatten_ms']:.0f} ms")
+    elif args.command == "reload-risk":
+        print(f"risk limits now: {reply['risk']}")
+        if reply["ignored_changes"]:
+            print(f"changes outside `risk` take effect at the next start: {', '.join(reply['ignored_changes'])}")
     else:
         print(reply.get("state", "ok"))
     return 0

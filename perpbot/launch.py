@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import msgspec
 import orjson
 import zmq
 
@@ -30,7 +31,7 @@ from perpbot import bus
 from perpbot.clock import now_ns
 from perpbot.config import Config, load_config
 from perpbot.errors import ConfigError, LayoutError, PerpBotError
-from perpbot.runctx import CONFIG_COPY, RUN_FILE, run_root, write_run_file
+from perpbot.runctx import CONFIG_COPY, RISK_FILE, RUN_FILE, run_root, write_run_file
 from perpbot.shm import QuoteBoard, StatusBoard
 from perpbot.shm.layout import ProcState, Role, TradingState, segment_names
 from perpbot.shm.segment import find_stale_segments, remove_segment
@@ -40,6 +41,10 @@ from perpbot.summary import format_summary, run_summary, status_report
 log = logging.getLogger("perpbot.launch")
 
 LAUNCHER_SLOT = 0
+#: how long control commands wait for exec to confirm what it was asked
+KILL_CANCEL_TIMEOUT_S = 5.0
+FLATTEN_TIMEOUT_S = 15.0
+RELOAD_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 8.0
 PID_FILE = "launcher.pid"
 
@@ -254,10 +259,16 @@ class Launcher:
         if cmd == "status":
             return {"ok": True, **status_report(st, self.run_id, [(c.name, c.slot) for c in self.children])}
         if cmd == "kill":
-            halt_ns = st.set_halt()
-            self.out.write(f"KILL received: trading halted ({(halt_ns - t_recv) / 1000:.1f} us after the command)\n")
-            self.out.flush()
-            return {"ok": True, "state": "HALTED", "halt_ns": halt_ns, "command_to_halt_us": (halt_ns - t_recv) / 1000}
+            return self._kill(bool(args.get("flatten")), t_recv)
+        if cmd == "flatten":
+            if st.halted():
+                return {"ok": False, "error": "trading is halted: no order of any kind may be sent"}
+            ok, waited_ms = self._flatten()
+            if not ok:
+                return {"ok": False, "error": f"open trades remain after {waited_ms:.0f} ms; see exec's log"}
+            return {"ok": True, "state": st.trading_state().name, "flatten_ms": waited_ms}
+        if cmd == "reload-risk":
+            return self._reload_risk()
         if cmd == "pause":
             if st.halted():
                 return {"ok": False, "error": "trading is halted; restart the run to trade again"}
@@ -268,9 +279,75 @@ class Launcher:
                 return {"ok": False, "error": "trading is halted by kill; restart the run to trade again"}
             st.set_trading_state(TradingState.RUNNING)
             return {"ok": True, "state": "RUNNING"}
-        if cmd in bus.CONTROL_COMMANDS:
-            return {"ok": False, "error": f"{cmd!r} is not available in this build"}
         return {"ok": False, "error": f"unknown command {cmd!r}; allowed: {', '.join(bus.CONTROL_COMMANDS)}"}
+
+    def _kill(self, flatten: bool, t_recv: int) -> dict[str, Any]:
+        """Halt trading now; with `flatten`, close every position first (closing orders only)."""
+        st = self.status
+        assert st is not None
+        reply: dict[str, Any] = {"ok": True, "state": "HALTED"}
+        if flatten and not st.halted():
+            # no new position from this instant; closing orders still pass the gate until the halt
+            st.set_trading_state(TradingState.REDUCE_ONLY)
+            ok, waited_ms = self._flatten()
+            reply["flatten_ms"] = waited_ms
+            reply["flattened"] = ok
+        halt_ns = st.set_halt()
+        # exec checks the flag before every order: the last order that can still go out is one
+        # whose check preceded this stamp, so command->halt is the time to the last possible order
+        reply["halt_ns"] = halt_ns
+        reply["command_to_halt_us"] = (halt_ns - t_recv) / 1000
+        done = self._await(lambda: int(st.glob["cancel_done_ns"]) >= halt_ns, KILL_CANCEL_TIMEOUT_S)
+        reply["command_to_cancelled_us"] = (int(st.glob["cancel_done_ns"]) - t_recv) / 1000 if done else None
+        self.out.write(f"KILL received: trading halted {reply['command_to_halt_us']:.1f} us after the command"
+                       + (f", open orders cancelled after {reply['command_to_cancelled_us']:.0f} us" if done
+                          else "; exec did not confirm cancellation") + "\n")
+        self.out.flush()
+        if not done:
+            reply["ok"] = False
+            reply["error"] = ("halted, but exec did not confirm cancelling open orders within "
+                              f"{KILL_CANCEL_TIMEOUT_S:g} s")
+        return reply
+
+    def _flatten(self) -> tuple[bool, float]:
+        """Ask exec to close every open trade and wait for it; (all closed, ms waited)."""
+        st = self.status
+        assert st is not None
+        t0 = time.monotonic()
+        request = int(st.glob["flatten_request"]) + 1
+        st.glob["flatten_request"] = request
+        ok = self._await(lambda: int(st.glob["flatten_done"]) == request, FLATTEN_TIMEOUT_S)
+        return ok, (time.monotonic() - t0) * 1000
+
+    def _reload_risk(self) -> dict[str, Any]:
+        """Re-read the risk limits from the config file, validated in full first, and hand them to exec."""
+        st = self.status
+        assert st is not None
+        try:
+            fresh = load_config(self.config_path)
+        except ConfigError as e:
+            return {"ok": False, "error": f"not reloaded, the file is invalid: {e}"}
+        risk = msgspec.to_builtins(fresh.risk)
+        tmp = self.run_dir / (RISK_FILE + ".tmp")
+        tmp.write_bytes(orjson.dumps(risk))
+        os.replace(tmp, self.run_dir / RISK_FILE)
+        generation = int(st.glob["risk_generation"]) + 1
+        st.glob["risk_generation"] = generation
+        if not self._await(lambda: int(st.glob["risk_loaded"]) == generation, RELOAD_TIMEOUT_S):
+            return {"ok": False, "error": f"exec did not confirm the new limits within {RELOAD_TIMEOUT_S:g} s"}
+        ignored = [k for k in ("venues", "symbols", "scanner", "exec", "feed", "mode")
+                   if getattr(fresh, k) != getattr(self.cfg, k)]
+        return {"ok": True, "risk": risk, "ignored_changes": ignored}
+
+    def _await(self, done: Any, timeout_s: float) -> bool:
+        """Poll `done()` until true or timeout, giving up early if exec is gone."""
+        end = time.monotonic() + timeout_s
+        exec_ = next((c for c in self.children if c.name == "exec"), None)
+        while not done():
+            if time.monotonic() > end or exec_ is None or exec_.proc is None or exec_.proc.poll() is not None:
+                return False
+            time.sleep(0.001)
+        return True
 
     def _progress_line(self) -> None:
         assert self.status is not None

@@ -27,6 +27,8 @@ from perpbot.shm.layout import segment_names
 
 RUN_FILE = "run.json"
 CONFIG_COPY = "config.yaml"
+#: risk limits re-read by `perpbot-ctl reload-risk`, validated by the launcher, applied by exec
+RISK_FILE = "risk.json"
 _PR_SET_PDEATHSIG = 1
 
 

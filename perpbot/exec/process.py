@@ -41,18 +41,22 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+import msgspec
+import orjson
 import uvloop
 import zmq
 import zmq.asyncio
 
 from perpbot import bus
 from perpbot.clock import now_ns
+from perpbot.config import RiskConfig
 from perpbot.exec.engine import Engine
 from perpbot.exec.journal import Journal
+from perpbot.exec.risk import Limits
 from perpbot.exec.venues.base import Venue
 from perpbot.exec.venues.registry import make_venues
 from perpbot.messages import Opportunity, decode_opportunity
-from perpbot.runctx import RunContext, child_args, die_with_parent, load_run, setup_logging
+from perpbot.runctx import RISK_FILE, RunContext, child_args, die_with_parent, load_run, setup_logging
 from perpbot.shm import QuoteBoard, StatusBoard
 from perpbot.shm.layout import ProcState, Role
 
@@ -147,7 +151,7 @@ class ExecProcess:
             assert pull is not None
             tasks = [
                 self._spawn(self._receive(engine, pull), "receive"),
-                self._spawn(self._check(engine), "check"),
+                self._spawn(self._check(engine, status, venues), "check"),
                 self._spawn(self._housekeeping(engine, status, journal, events), "housekeeping"),
             ]
             await self._stop.wait()
@@ -249,10 +253,12 @@ class ExecProcess:
             engine.note_superseded(opp, ts)
         return kept
 
-    async def _check(self, engine: Engine) -> None:
+    async def _check(self, engine: Engine, status: StatusBoard, venues: list[Venue]) -> None:
         interval = self.ctx.cfg.exec.check_interval_ms / 1000
+        control = ControlRequests(self.ctx, engine, status, venues, self.log)
         while not self._stopping:
             await asyncio.sleep(interval)
+            await self._shielded(control.serve())
             await self._shielded(engine.check_open_trades())
 
     async def _housekeeping(self, engine: Engine, status: StatusBoard, journal: Journal,
@@ -270,6 +276,59 @@ class ExecProcess:
                 events.heartbeat(ProcState.RUNNING.name)
                 # shielded and tracked: shutdown waits for it before closing the journal
                 await self._shielded(asyncio.to_thread(journal.checkpoint))
+
+
+class ControlRequests:
+    """What the launcher asks of exec through the status segment's global record.
+
+    The launcher owns the request fields and exec the answers, so each field
+    keeps one writer: after the kill switch, cancel every open order and stamp
+    `cancel_done_ns`; a bumped `flatten_request` closes every open trade (the
+    gate still refuses everything once halted, so the launcher flattens
+    before it halts); a bumped `risk_generation` reloads the risk limits the
+    launcher validated and wrote to `risk.json` in the run directory.
+    """
+
+    def __init__(self, ctx: RunContext, engine: Engine, status: StatusBoard, venues: list[Venue],
+                 log: logging.Logger) -> None:
+        self.ctx = ctx
+        self.engine = engine
+        self.status = status
+        self.venues = venues
+        self.log = log
+        self._cancelled_after = 0  # halt_ns already answered
+
+    async def serve(self) -> None:
+        g = self.status.glob
+        if self.status.halted() and int(g["halt_ns"]) != self._cancelled_after:
+            await self._cancel_all()
+            self._cancelled_after = int(g["halt_ns"])
+            g["cancel_done_ns"] = now_ns()
+        request = int(g["flatten_request"])
+        if request != int(g["flatten_done"]):
+            await self.engine.flatten()
+            if not self.engine.trades:
+                g["flatten_done"] = request
+                self.log.info("flattened: no open trade left")
+        generation = int(g["risk_generation"])
+        if generation != int(g["risk_loaded"]):
+            self._reload_risk()
+            g["risk_loaded"] = generation
+
+    async def _cancel_all(self) -> None:
+        cancelled = 0
+        for v in self.venues:
+            for o in await v.open_orders():
+                if await v.cancel_order(o.client_order_id, o.symbol):
+                    cancelled += 1
+        self.log.warning("kill switch: %d open orders cancelled", cancelled)
+
+    def _reload_risk(self) -> None:
+        raw = orjson.loads((self.ctx.run_dir / RISK_FILE).read_bytes())
+        risk = msgspec.convert(raw, RiskConfig, strict=False)
+        cfg = msgspec.structs.replace(self.ctx.cfg, risk=risk)
+        self.engine.gate.limits = Limits.from_config(cfg)
+        self.log.warning("risk limits reloaded: %s", raw)
 
 
 if __name__ == "__main__":

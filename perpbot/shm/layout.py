@@ -24,7 +24,7 @@ MAX_PROCS = 64
 BOARD_MAGIC = b"PBQBOARD"
 STATUS_MAGIC = b"PBSTATUS"
 BOARD_LAYOUT_VERSION = 1
-STATUS_LAYOUT_VERSION = 2
+STATUS_LAYOUT_VERSION = 3
 
 #: capacity of each venue's ring of changed symbol indices (power of two)
 RING_CAPACITY = 1024
@@ -197,7 +197,13 @@ GLOBAL_DTYPE = np.dtype(
         ("state_changed_ns", "<i8"),
         ("run_started_ns", "<i8"),
         ("launcher_pid", "<i4"),
-        ("_pad0", "V28"),
+        # requests from the launcher (a generation it bumps) and exec's answers (the generation done)
+        ("flatten_request", "<u4"),
+        ("flatten_done", "<u4"),
+        ("risk_generation", "<u4"),
+        ("risk_loaded", "<u4"),
+        ("_pad0", "V4"),
+        ("cancel_done_ns", "<i8"),  # exec: every open order cancelled after the kill switch
     ]
 )
 

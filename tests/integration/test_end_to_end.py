@@ -166,7 +166,11 @@ def test_demo_trades_end_to_end_and_kill_stops_new_orders(run_env: dict[str, Any
         events.close()
         kill = _ctl(run_env["config"], "--json", "kill")
         assert kill.returncode == 0, kill.stderr
-        halt_ns = orjson.loads(kill.stdout)["halt_ns"]
+        kill_reply = orjson.loads(kill.stdout)
+        halt_ns = kill_reply["halt_ns"]
+        # measured: command -> last possible new order, and -> every open order cancelled (exec confirms)
+        assert kill_reply["command_to_halt_us"] > 0
+        assert kill_reply["command_to_cancelled_us"] >= kill_reply["command_to_halt_us"]
         st = orjson.loads(_ctl(run_env["config"], "--json", "status").stdout)
         assert st["trading_state"] == "HALTED"
         assert _ctl(run_env["config"], "resume").returncode == 1  # kill is not undone by resume
@@ -263,6 +267,55 @@ def test_a_crashed_feed_or_scanner_is_restarted_and_a_crashed_exec_ends_the_run(
     run_id = st["run_id"]
     assert not list(Path("/dev/shm").glob(f"perpbot-{run_id}-*"))
     assert _our_processes(run_id) == []
+
+
+def test_flatten_reload_risk_and_kill_with_flatten(run_env: dict[str, Any], tmp_path: Path) -> None:
+    log = tmp_path / "launch.log"
+    proc = _launch(run_env["config"], 300, log)
+    try:
+        _wait_for("all processes running", lambda: b"all processes running" in log.read_bytes(),
+                  START_DEADLINE_S, proc, log)
+        _wait_for("a completed trade", lambda: _closed_trades(run_env["data"]) >= 1, TRADE_DEADLINE_S, proc, log)
+        flat = _ctl(run_env["config"], "--json", "flatten")
+        assert flat.returncode == 0, flat.stderr
+        assert orjson.loads(flat.stdout)["flatten_ms"] >= 0
+
+        # an invalid file is refused, naming the key, and nothing changes
+        raw = yaml.safe_load(run_env["config"].read_text())
+        raw["risk"]["max_open_trades"] = 0
+        run_env["config"].write_text(yaml.safe_dump(raw, sort_keys=False))
+        bad = _ctl(run_env["config"], "reload-risk")
+        assert bad.returncode == 1 and "$.risk.max_open_trades" in bad.stderr
+        raw["risk"]["max_open_trades"] = 1
+        raw["risk"]["max_notional_per_trade_usd"] = 4000
+        run_env["config"].write_text(yaml.safe_dump(raw, sort_keys=False))
+        good = _ctl(run_env["config"], "--json", "reload-risk")
+        assert good.returncode == 0, good.stderr
+        assert orjson.loads(good.stdout)["risk"]["max_open_trades"] == 1
+        assert "[exec" not in log.read_text()
+
+        _wait_for("trading after the reload", lambda: _closed_trades(run_env["data"]) >= 2, TRADE_DEADLINE_S,
+                  proc, log)
+        kill = _ctl(run_env["config"], "--json", "kill", "--flatten")
+        assert kill.returncode == 0, kill.stderr
+        reply = orjson.loads(kill.stdout)
+        assert reply["flattened"] is True and reply["state"] == "HALTED"
+        st = orjson.loads(_ctl(run_env["config"], "--json", "status").stdout)
+        assert st["trading_state"] == "HALTED" and st["positions"] == {}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    db = _journal(run_env["data"])
+    assert db is not None
+    assert _query(db, "SELECT COUNT(*) FROM trades WHERE state = 'open'") == [(0,)]
+    # with at most one open trade after the reload, no two trades overlap once it applied
+    net: dict[tuple[str, str], Decimal] = {}
+    for venue, symbol, side, qty in _query(db, "SELECT venue, symbol, side, qty FROM fills"):
+        net[(venue, symbol)] = net.get((venue, symbol), Decimal(0)) + (Decimal(qty) if side == "buy" else -Decimal(qty))
+    assert all(v == 0 for v in net.values()), net
 
 
 def test_ctrl_c_to_the_process_group_stops_everything_cleanly(run_env: dict[str, Any], tmp_path: Path) -> None:
