@@ -41,33 +41,42 @@ class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
 class SymbolConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A board symbol (unified name such as `BTC-PERP`) and its trading grid."""
 
+    #: order sizes are whole multiples of this, in base units (a decimal string, e.g. "0.001")
     lot_size: Decimal
+    #: order prices are whole multiples of this (a decimal string, e.g. "0.1")
     tick_size: Decimal
+    #: the smallest order notional accepted, USD
     min_notional_usd: NonNegFloat = 5.0
 
 
 class VenueConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One venue: which feed protocol it speaks, its fees and its symbol names."""
 
+    #: websocket protocol: a module in perpbot/feeds (e.g. binanceusdm, okx) or ccxt:<ccxt id>
     feed: str
     #: board symbol -> the venue's own symbol, e.g. {"BTC-PERP": "BTCUSDT"}
     symbols: dict[str, str]
+    #: taker fee, bps of notional (the scanner's edge is net of both legs' taker fees)
     taker_fee_bps: Bps
+    #: maker fee, bps of notional
     maker_fee_bps: Bps = 0.0
     #: base units per contract for venues that quote sizes in contracts (OKX ctVal, Gate
     #: quanto_multiplier), by board symbol; absent symbols are 1.0
     contract_sizes: dict[str, PosFloat] = {}
     #: websocket URL override; None means the feed spec's public URL (or the demo market's)
     url: str | None = None
-    #: names of environment variables holding credentials (never the secrets themselves)
     #: ccxt feeds only: markets (unified symbol -> ccxt market) preset from this JSON file instead
     #: of loading them from the venue at start-up
     ccxt_markets_file: str | None = None
+    #: NAME of the environment variable holding the API key (never the key itself)
     api_key_env: str | None = None
+    #: NAME of the environment variable holding the API secret (never the secret itself)
     api_secret_env: str | None = None
 
 
 class RunConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where a run keeps its sockets, journal and logs, and how long it lasts."""
+
     #: directory for per-run sockets; None: $XDG_RUNTIME_DIR/perpbot or /tmp/perpbot-<uid>
     run_root: str | None = None
     #: directory for per-run journals and logs
@@ -79,7 +88,11 @@ class RunConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 
 class FeedConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Every feed process: reconnects, watchdogs, heartbeat."""
+
+    #: first reconnect delay; doubled per failure with jitter
     reconnect_initial_ms: PosInt = 100
+    #: reconnect delay cap
     reconnect_max_ms: PosInt = 5000
     #: reconnect when a connection has been silent this long
     silent_reconnect_ms: PosInt = 5000
@@ -93,8 +106,11 @@ class FeedConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True)
 
 
 class ScannerConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The scanner: polling policy, pinning, and what counts as an opportunity."""
+
     #: CPU core to pin the scanner's main thread to; None leaves it unpinned
     core: NonNegInt | None = None
+    #: spin (a dedicated core), hybrid (spin, then short sleeps when idle) or sleep
     poll: PollPolicy = "hybrid"
     #: hybrid: keep spinning this long after the last change before sleeping
     spin_us: NonNegInt = 2000
@@ -111,6 +127,8 @@ class ScannerConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
 
 class ExecConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The exec process: trade size and when to close."""
+
     #: notional to open per opportunity (capped by the book and by risk)
     trade_notional_usd: PosFloat = 1000.0
     #: an opportunity older than this when exec reads it is dropped, never traded
@@ -124,6 +142,9 @@ class ExecConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True)
 
 
 class RiskConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Limits every order is checked against; `perpbot-ctl reload-risk` re-reads this section."""
+
+    #: the largest notional one trade may open, USD
     max_notional_per_trade_usd: PosFloat = 5000.0
     #: absolute position per venue and symbol, in USD notional at the order price
     max_position_notional_usd: PosFloat = 20000.0
@@ -132,17 +153,26 @@ class RiskConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True)
 
 
 class DemoVenueConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One simulated venue of the demo market."""
+
+    #: the venue's constant offset from the common fair price
     basis_bps: float = 0.0
+    #: the venue's own noise around fair + basis
     noise_bps: NonNegFloat = 0.3
+    #: quote updates per second per symbol
     update_hz: PosFloat = 50.0
+    #: half the quoted spread
     half_spread_bps: PosFloat = 0.5
+    #: notional quoted at the top of book, USD (sizes vary around it)
     top_size_usd: PosFloat = 50000.0
 
 
 class DemoConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The built-in demo market (seeded, reproducible)."""
 
+    #: seed of the price model: the same seed gives the same market
     seed: int = 7
+    #: address the simulated venues listen on
     host: str = "127.0.0.1"
     #: starting fair price per board symbol
     prices: dict[str, PosFloat] = {}
@@ -152,7 +182,9 @@ class DemoConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True)
     dislocations_per_s: NonNegFloat = 2.0
     #: size of a jump dislocation
     dislocation_bps: NonNegFloat = 25.0
+    #: shortest dislocation
     dislocation_min_ms: PosInt = 50
+    #: longest dislocation
     dislocation_max_ms: PosInt = 400
     venues: dict[str, DemoVenueConfig] = {}
 
@@ -180,6 +212,8 @@ class ReplayConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 class Config(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     symbols: dict[str, SymbolConfig]
     venues: dict[str, VenueConfig]
+    #: demo (built-in market), replay (a recording), paper (real feeds, paper fills); readonly and
+    #: live are refused until they exist
     mode: Mode = "demo"
     run: RunConfig = RunConfig()
     feed: FeedConfig = FeedConfig()

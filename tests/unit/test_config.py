@@ -104,3 +104,17 @@ def test_a_ccxt_venue_is_accepted_in_paper_mode() -> None:
                               "symbols": {"BTC-PERP": "BTC/USDT:USDT"}}
     cfg = parse_config(raw)
     assert cfg.venues["aster"].feed == "ccxt:aster"
+
+
+def test_the_configuration_reference_is_generated_from_the_schema() -> None:
+    import subprocess
+    import sys
+
+    from kit import ROOT
+
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "config_reference.py"), "--check"],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    text = (ROOT / "docs" / "CONFIG.md").read_text()
+    for key in ("scanner.poll", "venues.<name>.contract_sizes", "risk.max_open_trades", "demo.venues.<name>.update_hz"):
+        assert f"`{key}`" in text
