@@ -103,21 +103,66 @@ def decode_event(frames: list[bytes]) -> tuple[str, dict[str, Any]]:
     return topic.decode(), orjson.loads(payload)
 
 
-def control_request(ep: Endpoints, command: str, args: dict[str, Any] | None = None,
-                    timeout_ms: int = 5000) -> dict[str, Any]:
-    """Send one control command and wait for its reply. Raises TimeoutError."""
+@dataclass(frozen=True)
+class CurveClient:
+    """What a client needs for a CURVE-secured tcp:// control endpoint (keys in Z85)."""
+
+    server_public_key: bytes
+    secret_key: bytes
+
+    @property
+    def public_key(self) -> bytes:
+        return zmq.curve_public(self.secret_key)
+
+
+def control_request(ep: Endpoints | str, command: str, args: dict[str, Any] | None = None,
+                    timeout_ms: int = 5000, curve: CurveClient | None = None) -> dict[str, Any]:
+    """Send one control command (to the run's ipc endpoint or a tcp:// one) and wait for the reply.
+
+    Raises TimeoutError; over tcp:// a client whose key the launcher does not allow gets no reply.
+    """
     if command not in CONTROL_COMMANDS:
         raise ValueError(f"unknown command {command!r}; allowed: {', '.join(CONTROL_COMMANDS)}")
+    address = ep if isinstance(ep, str) else ep.control
     ctx: zmq.Context[Any] = zmq.Context.instance()
     s = socket(ctx, zmq.REQ)
     s.setsockopt(zmq.RCVTIMEO, timeout_ms)
     s.setsockopt(zmq.SNDTIMEO, timeout_ms)
+    if curve is not None:
+        s.curve_serverkey = curve.server_public_key
+        s.curve_secretkey = curve.secret_key
+        s.curve_publickey = curve.public_key
     try:
-        s.connect(ep.control)
+        s.connect(address)
         s.send(orjson.dumps({"cmd": command, "args": args or {}, "ts": now_ns()}))
         try:
             return orjson.loads(s.recv())
         except zmq.Again:
-            raise TimeoutError(f"no reply to {command!r} within {timeout_ms} ms from {ep.control}") from None
+            raise TimeoutError(f"no reply to {command!r} within {timeout_ms} ms from {address}") from None
     finally:
         s.close()
+
+
+def curve_control_socket(ctx: zmq.Context[Any], endpoint: str, server_secret: bytes,
+                         allowed_clients: list[bytes]) -> tuple[zmq.Socket[Any], Any]:
+    """A CURVE-secured ROUTER on `endpoint` that only the listed client public keys (Z85) may use.
+
+    Returns (socket, authenticator); stop the authenticator after closing the socket.
+    """
+    from zmq.auth.thread import ThreadAuthenticator
+
+    allowed = set(allowed_clients)
+
+    class _Keys:
+        def callback(self, domain: str, key: bytes) -> bool:
+            return key in allowed  # pyzmq hands over the client's key in Z85
+
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve_callback(domain="*", credentials_provider=_Keys())
+    s = socket(ctx, zmq.ROUTER)
+    s.curve_server = True
+    s.curve_secretkey = server_secret
+    s.curve_publickey = zmq.curve_public(server_secret)
+    s.bind(endpoint)
+    return s, auth

@@ -85,6 +85,12 @@ class RunConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     duration_s: PosFloat | None = None
     #: how long a child may take to report ready
     start_timeout_s: PosFloat = 20.0
+    #: also accept control commands on this TCP endpoint (e.g. tcp://0.0.0.0:7700); needs CURVE keys
+    control_tcp: str | None = None
+    #: NAME of the environment variable holding the control server's CURVE secret key (Z85)
+    curve_server_secret_env: str | None = None
+    #: CURVE public keys (Z85) of the clients allowed on control_tcp
+    curve_client_public_keys: list[str] = []
 
 
 class FeedConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -420,6 +426,19 @@ def _validate(cfg: Config) -> None:
                 )
         if v.url is not None and not re.match(r"^wss?://", v.url):
             raise ConfigError(f"{base}.url", "must start with ws:// or wss://")
+    if cfg.run.control_tcp is not None:
+        if not re.match(r"^tcp://[^:]+:\d+$", cfg.run.control_tcp):
+            raise ConfigError("$.run.control_tcp", "must look like tcp://HOST:PORT")
+        if cfg.run.curve_server_secret_env is None or not _ENV_NAME.match(cfg.run.curve_server_secret_env):
+            raise ConfigError("$.run.curve_server_secret_env",
+                              "a tcp:// control endpoint needs CURVE: the NAME of the variable holding the "
+                              "server's secret key")
+        if not cfg.run.curve_client_public_keys:
+            raise ConfigError("$.run.curve_client_public_keys", "a tcp:// control endpoint needs at least one "
+                              "allowed client public key")
+    for i, key in enumerate(cfg.run.curve_client_public_keys):
+        if len(key) != 40:
+            raise ConfigError(f"$.run.curve_client_public_keys[{i}]", "a CURVE public key is 40 Z85 characters")
     if cfg.scanner.core is not None:
         ncpu = os.cpu_count() or 1
         if cfg.scanner.core >= ncpu:

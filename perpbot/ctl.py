@@ -38,6 +38,15 @@ def _run_root_of(config: Path) -> Path:
     return Path(root) if isinstance(root, str) and root else default_run_root()
 
 
+def _curve_client(args: argparse.Namespace) -> bus.CurveClient:
+    if not args.server_key or not args.client_secret_env:
+        raise LookupError("--endpoint needs --server-key and --client-secret-env (the control port is CURVE-secured)")
+    secret = os.environ.get(args.client_secret_env, "")
+    if len(secret) != 40:
+        raise LookupError(f"environment variable {args.client_secret_env} must hold a 40-character Z85 secret key")
+    return bus.CurveClient(args.server_key.encode(), secret.encode())
+
+
 def live_runs(root: Path) -> list[Path]:
     out: list[Path] = []
     if not root.is_dir():
@@ -103,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", help="run id (default: the only live run)")
     p.add_argument("--config", type=Path, help="config file, to find a non-default run_root")
     p.add_argument("--json", action="store_true", help="print the raw JSON reply")
+    p.add_argument("--endpoint", help="a tcp:// control endpoint (another host); needs the two CURVE options")
+    p.add_argument("--server-key", help="the launcher's CURVE public key (Z85), for --endpoint")
+    p.add_argument("--client-secret-env", help="NAME of the variable holding this client's CURVE secret key")
     p.add_argument("--timeout-ms", type=int, default=5000, help="how long to wait for a reply, ms")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="processes, feeds, counters, positions, latency")
@@ -115,9 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cmd_args = {"flatten": True} if getattr(args, "flatten", False) else {}
     try:
-        root = _run_root_of(args.config) if args.config else default_run_root()
-        run_dir = find_run(root, args.run)
-        reply = bus.control_request(bus.endpoints(run_dir), args.command, cmd_args, timeout_ms=args.timeout_ms)
+        if args.endpoint:
+            reply = bus.control_request(args.endpoint, args.command, cmd_args, timeout_ms=args.timeout_ms,
+                                        curve=_curve_client(args))
+        else:
+            root = _run_root_of(args.config) if args.config else default_run_root()
+            run_dir = find_run(root, args.run)
+            reply = bus.control_request(bus.endpoints(run_dir), args.command, cmd_args, timeout_ms=args.timeout_ms)
     except ConfigError as e:
         print(f"perpbot-ctl: {e}", file=sys.stderr)
         return 2

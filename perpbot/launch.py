@@ -90,6 +90,7 @@ class Launcher:
         self.stop_reason: str | None = None
         self.failed: str | None = None
         self.urls: dict[str, str] = {}
+        self.authenticator: Any = None
 
     # -- set-up -------------------------------------------------------------------
 
@@ -118,6 +119,17 @@ class Launcher:
         xpub = bus.socket(self.zctx, zmq.XPUB, bus.EVENT_HWM)
         xpub.bind(ep.events)
         self.sockets = {"control": ctl, "xsub": xsub, "xpub": xpub}
+        if cfg.run.control_tcp is not None:
+            assert cfg.run.curve_server_secret_env is not None  # config validation guarantees it
+            secret = os.environ.get(cfg.run.curve_server_secret_env, "")
+            if len(secret) != 40:
+                raise ConfigError("$.run.curve_server_secret_env",
+                                  f"environment variable {cfg.run.curve_server_secret_env} must hold a 40-character "
+                                  "Z85 CURVE secret key")
+            tcp, self.authenticator = bus.curve_control_socket(
+                self.zctx, cfg.run.control_tcp, secret.encode(),
+                [k.encode() for k in cfg.run.curve_client_public_keys])
+            self.sockets["control_tcp"] = tcp
 
     def start_children(self) -> None:
         cfg = self.cfg
@@ -239,7 +251,7 @@ class Launcher:
                         s["xsub"].send_multipart(s["xpub"].recv_multipart(zmq.NOBLOCK))
                     except zmq.Again:
                         break
-            elif sock is s["control"]:
+            else:  # the ipc control socket, or the CURVE-secured tcp one
                 self._control(sock)
 
     def _control(self, sock: zmq.Socket[Any]) -> None:
@@ -380,6 +392,8 @@ class Launcher:
     def close(self) -> None:
         for s in self.sockets.values():
             s.close()
+        if self.authenticator is not None:
+            self.authenticator.stop()
         if self.zctx is not None:
             self.zctx.term()
         for seg in (self.board, self.status):
@@ -466,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  last lines of {e.child.name}'s log:\n{tail}", file=sys.stderr)
     except Interrupted as e:
         print(f"stopping during start-up: {e}", flush=True)
+    except ConfigError as e:
+        rc = 2
+        print(f"perpbot-launch: {e}", file=sys.stderr)
     except (LayoutError, OSError) as e:
         rc = 1
         print(f"perpbot-launch: {e}", file=sys.stderr)

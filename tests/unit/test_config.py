@@ -74,6 +74,9 @@ def _drop(path: str) -> Callable[[dict[str, Any]], None]:
         (_set("demo.venues.kraken", {}), "$.demo.venues.kraken", "unknown venue"),
         (_set("demo.venues.okx.update_hz", 0), "$.demo.venues.okx.update_hz", "> 0"),
         (_set("venues", {"okx": example_raw()["venues"]["okx"]}), "$.venues", "at least two venues"),
+        (_set("run.control_tcp", "tcp://0.0.0.0:7700"), "$.run.curve_server_secret_env", "needs CURVE"),
+        (_set("run.control_tcp", "0.0.0.0:7700"), "$.run.control_tcp", "tcp://HOST:PORT"),
+        (_set("run.curve_client_public_keys", ["short"]), "$.run.curve_client_public_keys[0]", "40 Z85"),
     ],
 )
 def test_errors_name_the_key_path(mutate: Callable[[dict[str, Any]], None], path: str, words: str) -> None:
