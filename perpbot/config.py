@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from perpbot.alerts import AlertsConfig, validate_alerts
 from perpbot.errors import ConfigError
 
 PosFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -229,6 +230,8 @@ class Config(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     demo: DemoConfig = DemoConfig()
     #: required in replay mode
     replay: ReplayConfig | None = None
+    #: where alerts go (log, webhook, terminal bell) and how floods are held back
+    alerts: AlertsConfig = AlertsConfig()
 
     @property
     def venue_names(self) -> tuple[str, ...]:
@@ -426,6 +429,7 @@ def _validate(cfg: Config) -> None:
                 )
         if v.url is not None and not re.match(r"^wss?://", v.url):
             raise ConfigError(f"{base}.url", "must start with ws:// or wss://")
+    validate_alerts(cfg.alerts)
     if cfg.run.control_tcp is not None:
         if not re.match(r"^tcp://[^:]+:\d+$", cfg.run.control_tcp):
             raise ConfigError("$.run.control_tcp", "must look like tcp://HOST:PORT")

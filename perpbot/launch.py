@@ -28,9 +28,11 @@ import orjson
 import zmq
 
 from perpbot import bus
+from perpbot.alerts import WATCHED_TOPICS, Alerter, EventAlertState, alerts_from_events
 from perpbot.clock import now_ns
 from perpbot.config import Config, load_config
 from perpbot.errors import ConfigError, LayoutError, PerpBotError
+from perpbot.logs import secret_values, setup_logging
 from perpbot.runctx import CONFIG_COPY, RISK_FILE, RUN_FILE, run_root, write_run_file
 from perpbot.shm import QuoteBoard, StatusBoard
 from perpbot.shm.layout import ProcState, Role, TradingState, segment_names
@@ -91,6 +93,10 @@ class Launcher:
         self.failed: str | None = None
         self.urls: dict[str, str] = {}
         self.authenticator: Any = None
+        self.alerter = Alerter(cfg.alerts, source=f"run {self.run_id}")
+        self.alert_state = EventAlertState()
+        #: (topic, payload) of the events alerts are derived from, collected by the forwarder
+        self.watched: list[tuple[str, dict[str, Any]]] = []
 
     # -- set-up -------------------------------------------------------------------
 
@@ -174,6 +180,8 @@ class Launcher:
         """Restart a restartable child with backoff; a crash loop halts trading; anything else ends the run."""
         assert c.proc is not None and self.status is not None
         code = c.proc.returncode
+        self.alerter.alert("process_crash", f"{c.name} exited with code {code}", key=c.name,
+                           process=c.name, returncode=code)
         if not c.restartable:
             raise ChildFailed(c, f"exited unexpectedly with code {code}")
         c.crashes = [t for t in c.crashes if now - t < CRASH_WINDOW_S] + [now]
@@ -181,6 +189,7 @@ class Launcher:
         rec["restarts"] = int(rec["restarts"]) + 1
         if len(c.crashes) >= CRASH_LIMIT:
             self.status.set_halt()
+            self.alerter.alert("halt", f"{c.name} crashed {len(c.crashes)} times: trading halted", key="crash-loop")
             raise ChildFailed(c, f"crashed {len(c.crashes)} times in {CRASH_WINDOW_S:g} s (last exit code "
                               f"{code}); trading halted")
         delay = min(RESTART_BASE_S * 2 ** (len(c.crashes) - 1), RESTART_MAX_S)
@@ -224,6 +233,11 @@ class Launcher:
                         self._spawn(c)
                 elif c.proc.poll() is not None:
                     self._child_exited(c, now)
+            if not self.stop_reason:
+                self.alert_state, requests = alerts_from_events(
+                    self.alert_state, self.watched, now_ns(), feed_down_after_ms=self.cfg.alerts.feed_down_after_ms)
+                self.watched.clear()
+                self.alerter.submit(requests)
             if deadline is not None and now >= deadline:
                 self.stop_reason = f"duration of {duration_s:g} s reached"
             if now >= next_line:
@@ -242,9 +256,15 @@ class Launcher:
             if sock is s["xsub"]:
                 while True:
                     try:
-                        s["xpub"].send_multipart(s["xsub"].recv_multipart(zmq.NOBLOCK))
+                        frames = s["xsub"].recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                    s["xpub"].send_multipart(frames)
+                    if frames[0] in WATCHED_TOPICS and not self.stop_reason:
+                        try:
+                            self.watched.append(bus.decode_event(frames))
+                        except (ValueError, orjson.JSONDecodeError):
+                            pass  # a malformed event alerts nobody; its publisher logs its own faults
             elif sock is s["xpub"]:
                 while True:  # subscriptions travel upstream to the publishers
                     try:
@@ -305,6 +325,8 @@ class Launcher:
             reply["flatten_ms"] = waited_ms
             reply["flattened"] = ok
         halt_ns = st.set_halt()
+        self.alerter.alert("kill", "kill from perpbot-ctl: trading halted", key="kill",
+                           command_to_halt_us=(halt_ns - t_recv) / 1000, flatten=flatten)
         # exec checks the flag before every order: the last order that can still go out is one
         # whose check preceded this stamp, so command->halt is the time to the last possible order
         reply["halt_ns"] = halt_ns
@@ -445,12 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, type=Path, help="YAML config file (see config.yaml.example)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher %(levelname)s %(message)s")
     try:
         cfg = load_config(args.config)
     except ConfigError as e:
         print(f"perpbot-launch: {e}", file=sys.stderr)
         return 2
+    setup_logging("launcher", None, secrets=secret_values(cfg), console_level="WARNING")
     if args.duration is not None and args.duration <= 0:
         print("perpbot-launch: --duration must be a positive number of seconds", file=sys.stderr)
         return 2
@@ -465,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     rc = 0
     try:
         launcher.prepare()
+        setup_logging("launcher", launcher.data_dir, secrets=secret_values(cfg), console_level="WARNING")
         print(f"run {launcher.run_id}: {len(cfg.venues)} venues x {len(cfg.symbols)} symbols, mode {cfg.mode}; "
               f"journal and logs in {launcher.data_dir}", flush=True)
         launcher.start_children()
@@ -474,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopping: {launcher.stop_reason}", flush=True)
     except ChildFailed as e:
         rc = 1
+        launcher.alerter.alert("process_crash", f"{e}; the run stops", key=e.child.name, process=e.child.name)
         print(f"perpbot-launch: process {e}; shutting down the rest", file=sys.stderr)
         tail = _tail(e.child.log_path)
         if tail:
@@ -497,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
                     orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
                 print(format_summary(summary), flush=True)
         finally:
+            launcher.alerter.close(3.0)  # let a crash alert reach its webhook before we exit
             launcher.close()
     return rc
 

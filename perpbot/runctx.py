@@ -105,13 +105,12 @@ def die_with_parent() -> None:
         sys.exit(1)
 
 
-def setup_logging(name: str) -> logging.Logger:
-    logging.basicConfig(
-        level=os.environ.get("PERPBOT_LOG_LEVEL", "INFO"),
-        format=f"%(asctime)s {name} %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    return logging.getLogger(f"perpbot.{name}")
+def setup_logging(name: str, ctx: RunContext) -> logging.Logger:
+    """JSON lines to a rotating `<data_dir>/<name>.jsonl`, warnings to stderr (which the launcher keeps in
+    `<name>.log`), and every configured API secret redacted before any handler sees it."""
+    from perpbot import logs
+
+    return logs.setup_logging(name, ctx.data_dir, secrets=logs.secret_values(ctx.cfg), console_level="WARNING")
 
 
 def on_stop_signals(callback: Callable[[], None]) -> None:

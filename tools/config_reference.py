@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from perpbot import alerts as alerts_module
 from perpbot import config as config_module
 from perpbot.config import Config
 
@@ -28,8 +29,14 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "CONFIG.md"
 
 
 def _comments() -> dict[tuple[str, str], str]:
-    """(struct name, field) -> the `#:` comment lines right above the field in perpbot/config.py."""
-    source = inspect.getsource(config_module)
+    """(struct name, field) -> the `#:` comment lines right above the field, in every config module."""
+    out: dict[tuple[str, str], str] = {}
+    for module in (config_module, alerts_module):
+        out.update(_module_comments(inspect.getsource(module)))
+    return out
+
+
+def _module_comments(source: str) -> dict[tuple[str, str], str]:
     lines = source.splitlines()
     out: dict[tuple[str, str], str] = {}
     for node in ast.walk(ast.parse(source)):
@@ -77,6 +84,8 @@ def _default(struct: type[msgspec.Struct], name: str) -> str:
     value = f.default if f.default is not msgspec.NODEFAULT else f.default_factory()
     if isinstance(value, msgspec.Struct):
         return "(section)"
+    if isinstance(value, tuple) and value and isinstance(value[0], msgspec.Struct):
+        return f"`{msgspec.json.encode(value).decode()}`"
     return f"`{msgspec.json.encode(value).decode()}`" if value not in ({}, []) else "empty"
 
 
@@ -98,6 +107,13 @@ def _walk(struct: type[msgspec.Struct], path: str, comments: dict[tuple[str, str
             rows.append((key, "section", "", doc))
             _walk(inner, key, comments, rows, seen)
             continue
+        if typing.get_origin(inner) is tuple:
+            args = typing.get_args(inner)
+            if args and isinstance(args[0], type) and issubclass(args[0], msgspec.Struct):
+                doc = comments.get((struct.__name__, name), "") or (args[0].__doc__ or "").strip().split("\n")[0]
+                rows.append((f"{key}[]", "list of sections", _default(struct, name), doc))
+                _walk(args[0], f"{key}[]", comments, rows, seen)
+                continue
         if typing.get_origin(inner) is dict:
             value_t = typing.get_args(inner)[1]
             if isinstance(value_t, type) and issubclass(value_t, msgspec.Struct):

@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: parse the child arguments, join the run, run until stopped."""
     args = child_args("exec", argv)
     die_with_parent()
-    log = setup_logging("exec")
     ctx = load_run(args.run_dir, args.slot)
+    log = setup_logging("exec", ctx)
     return uvloop.run(ExecProcess(ctx, log).run())
 
 

@@ -385,8 +385,8 @@ async def _heartbeat(ctx: RunContext, feed: VenueFeed, stop: asyncio.Event) -> N
 def main(argv: list[str] | None = None) -> int:
     args = child_args("feed", argv, venue=True)
     die_with_parent()
-    setup_logging(f"feed-{args.venue}")
     ctx = load_run(args.run_dir, args.slot)
+    setup_logging(f"feed-{args.venue}", ctx)
     if args.venue not in ctx.cfg.venues:
         log.error("unknown venue %r; configured: %s", args.venue, ", ".join(ctx.cfg.venues))
         return 2

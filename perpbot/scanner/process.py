@@ -203,8 +203,8 @@ def run(scanner: Scanner, slot: int, policy: str, spin_us: int, sleep_us: int, s
 def main(argv: list[str] | None = None) -> int:
     args = child_args("scanner", argv)
     die_with_parent()
-    setup_logging("scanner")
     ctx = load_run(args.run_dir, args.slot)
+    setup_logging("scanner", ctx)
     cfg = ctx.cfg
     board = QuoteBoard.attach(ctx.board_name, cfg.venue_names, cfg.symbol_names)
     status = StatusBoard.attach(ctx.status_name, cfg.venue_names, cfg.symbol_names)

@@ -91,7 +91,7 @@ class Segment:
             raise LayoutError(f"shared-memory segment {name!r} does not exist (is the launcher running?)") from None
         seg = cls(shm, owner=False)
         try:
-            _check_header(seg, magic, layout_version, venues, symbols, venue_table, symbol_table, size)
+            check_header(seg, magic, layout_version, venues, symbols, venue_table, symbol_table, size)
         except BaseException:
             _untrack(shm)
             seg.close()
@@ -147,7 +147,7 @@ def read_header(buf: memoryview) -> dict[str, object]:
     return out
 
 
-def _check_header(
+def check_header(
     seg: Segment,
     magic: bytes,
     layout_version: int,

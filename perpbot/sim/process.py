@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m perpbot.sim.process`."""
     args = child_args("market", argv)
     die_with_parent()
-    log = setup_logging("market")
     ctx = load_run(args.run_dir, args.slot)
+    log = setup_logging("market", ctx)
     return uvloop.run(run_market(ctx, log))
 
 

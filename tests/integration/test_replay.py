@@ -273,7 +273,8 @@ def test_replay_fills_the_board_with_exactly_the_recorded_book_tickers(run_dir: 
             for proc, log in reversed(procs):
                 proc.send_signal(signal.SIGTERM)
                 assert proc.wait(timeout=DEADLINE_S) == 0, log.read_text()
-            assert "replay finished: 1535 frames" in market_log.read_text()
+            # INFO lines go to the process's JSON log in the run's data directory
+            assert "replay finished: 1535 frames" in (tmp_path / "market.jsonl").read_text()
         finally:
             for proc, _ in procs:
                 if proc.poll() is None:
@@ -303,4 +304,4 @@ def test_the_launcher_runs_a_replay(run_dir: Path, tmp_path: Path) -> None:
     feeds = orjson.loads(summary.read_bytes())["feeds"]
     assert feeds["binanceusdm"]["quotes"] == 613, log.read_text()
     assert feeds["bybit"]["quotes"] == 0  # its server answers but has nothing to replay
-    assert "replay finished: 1535 frames" in (summary.parent / "market.log").read_text()
+    assert "replay finished: 1535 frames" in (summary.parent / "market.jsonl").read_text()
