@@ -93,6 +93,7 @@ class Launcher:
         self.failed: str | None = None
         self.urls: dict[str, str] = {}
         self.authenticator: Any = None
+        self.monitor: subprocess.Popen[bytes] | None = None
         self.alerter = Alerter(cfg.alerts, source=f"run {self.run_id}")
         self.alert_state = EventAlertState()
         #: (topic, payload) of the events alerts are derived from, collected by the forwarder
@@ -242,9 +243,27 @@ class Launcher:
                 self.stop_reason = f"duration of {duration_s:g} s reached"
             if now >= next_line:
                 next_line = now + 5.0
-                self._progress_line()
+                if not self._monitor_open():
+                    self._progress_line()
             assert self.status is not None
             self.status.heartbeat(LAUNCHER_SLOT)
+
+    def open_monitor(self, config_path: Path) -> None:
+        """Run perpbot-monitor on this terminal; the launcher's own lines pause while it is open."""
+        if not sys.stdout.isatty():
+            self.out.write("no terminal for the monitor: printing a summary line every 5 s instead\n")
+            self.out.flush()
+            return
+        self.monitor = subprocess.Popen([sys.executable, "-m", "perpbot.monitor", "--run", self.run_id,
+                                         "--config", str(config_path)])
+
+    def _monitor_open(self) -> bool:
+        if self.monitor is None:
+            return False
+        if self.monitor.poll() is None:
+            return True
+        self.monitor = None  # `q` closed it: the run goes on, with summary lines again
+        return False
 
     def _pump(self, timeout_ms: int) -> None:
         """Wait on the control socket and the event forwarder for up to timeout_ms."""
@@ -399,6 +418,13 @@ class Launcher:
 
     def stop_children(self) -> None:
         """SIGTERM in reverse start order (scanner first, market last), then SIGKILL stragglers."""
+        if self.monitor is not None and self.monitor.poll() is None:
+            self.monitor.terminate()
+            try:
+                self.monitor.wait(5)
+            except subprocess.TimeoutExpired:
+                self.monitor.kill()
+                self.monitor.wait()
         for c in reversed(self.children):
             if c.proc is not None and c.proc.poll() is None:
                 c.proc.send_signal(signal.SIGTERM)
@@ -466,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="perpbot-launch", description="Start and supervise a PerpBot run.")
     p.add_argument("--config", required=True, type=Path, help="YAML config file (see config.yaml.example)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--monitor", action="store_true",
+                   help="open the terminal monitor once everything runs (q closes it, the run goes on); "
+                        "without a terminal, summary lines are printed instead")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
@@ -493,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         launcher.start_children()
         print(f"all processes running; control with: perpbot-ctl --run {launcher.run_id} status|kill|pause|resume",
               flush=True)
+        if args.monitor:
+            launcher.open_monitor(args.config)
         launcher.serve(duration)
         print(f"stopping: {launcher.stop_reason}", flush=True)
     except ChildFailed as e:
