@@ -10,6 +10,9 @@ TRADE_COMPLETED {buy_order, sell_order, realized_pnl}
 CAPITAL_SNAPSHOT_UPDATE {exchange: {free, locked, total}}
 POSITION_UPDATED {exchange: {symbol: position}}
 HEARTBEAT {component_name, status, ts}
+
+Added here: LEGGING {symbol, exchange, action, detail} when a trade's legs disagree
+(`action`: unwind or naked_leg), which the launcher turns into an alert.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "CAPITAL_SNAPSHOT_UPDATE": (),
     "POSITION_UPDATED": (),
     "HEARTBEAT": ("component_name", "status", "ts"),
+    # added by PerpBot (not in the seed): a leg filled differently from its pair, or left naked
+    "LEGGING": ("symbol", "exchange", "action", "detail"),
 }
 
 
@@ -40,6 +45,7 @@ class EventType(str, enum.Enum):
     CAPITAL_SNAPSHOT_UPDATE = "CAPITAL_SNAPSHOT_UPDATE"
     POSITION_UPDATED = "POSITION_UPDATED"
     HEARTBEAT = "HEARTBEAT"
+    LEGGING = "LEGGING"
 
     @property
     def topic(self) -> bytes:

@@ -306,8 +306,7 @@ class Engine:
         if not trade.balanced:
             self._log.warning("trade %d legs filled %s/%s: unwinding the excess", tid,
                               trade.long_qty, trade.short_qty)
-            self._journal.record_incident(
-                tid, "leg_mismatch",
+            self._legging(trade, "leg_mismatch",
                 f"buy {results[0].status.value} {results[0].filled_qty} ({results[0].reason}), "
                 f"sell {results[1].status.value} {results[1].filled_qty} ({results[1].reason})")
             await self._unwind(trade)
@@ -433,8 +432,7 @@ class Engine:
                       purpose.value, approval.reason.name, approval.verdict.detail,
                       trade.long_qty, trade.short_qty)
         if not trade.balanced:
-            self._journal.record_incident(
-                trade.trade_id, "naked_leg",
+            self._legging(trade, "naked_leg",
                 f"{purpose.value} refused ({approval.reason.name} {approval.verdict.detail}); "
                 f"long {trade.long_qty} short {trade.short_qty} left open")
 
@@ -521,8 +519,7 @@ class Engine:
                 self._log.error("trade %d NAKED: long %s on %s, short %s on %s; retrying",
                                 trade.trade_id, trade.long_qty, self._vnames[trade.buy_venue],
                                 trade.short_qty, self._vnames[trade.sell_venue])
-                self._journal.record_incident(
-                    trade.trade_id, "naked_leg",
+                self._legging(trade, "naked_leg",
                     f"long {trade.long_qty} short {trade.short_qty} after {why}")
             return 0
         if trade.state == "opening":
@@ -609,6 +606,16 @@ class Engine:
             rec["realized_pnl"] = float(realized)
             payload[self._vnames[v]] = {"free": float(free), "locked": float(locked), "total": float(total)}
         self._emit(EventType.CAPITAL_SNAPSHOT_UPDATE, payload)
+
+    def _legging(self, trade: Trade, kind: str, detail: str) -> None:
+        """Journal a leg problem and publish it, so the launcher raises a `legging` alert."""
+        self._journal.record_incident(trade.trade_id, kind, detail)
+        self._emit(EventType.LEGGING, {
+            "symbol": self._snames[trade.symbol],
+            "exchange": f"{self._vnames[trade.buy_venue]}/{self._vnames[trade.sell_venue]}",
+            "action": kind, "detail": detail, "trade_id": trade.trade_id,
+            "long_qty": float(trade.long_qty), "short_qty": float(trade.short_qty),
+        })
 
     def _emit(self, kind: EventType, payload: dict[str, Any]) -> None:
         if self._events is None:

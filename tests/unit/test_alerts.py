@@ -298,3 +298,11 @@ def test_process_crash_and_proposed_events() -> None:
 def test_watched_topics_cover_what_the_mapper_reads() -> None:
     assert b"HEARTBEAT" in WATCHED_TOPICS and b"LEGGING" in WATCHED_TOPICS
     assert b"QUOTE_UPDATED" not in WATCHED_TOPICS  # the forwarder must not decode the quote stream
+
+
+def test_a_legging_event_from_exec_becomes_a_legging_alert() -> None:
+    from perpbot.alerts import EventAlertState, alerts_from_events
+
+    payload = {"symbol": "BTC-PERP", "exchange": "okx/bybit", "action": "leg_mismatch", "detail": "sell expired"}
+    _, reqs = alerts_from_events(EventAlertState(), [("LEGGING", payload)], 1, feed_down_after_ms=1000)
+    assert [r.kind for r in reqs] == ["legging"]

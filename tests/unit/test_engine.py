@@ -415,6 +415,8 @@ def test_a_failed_leg_is_unwound_at_once(rig: Rig) -> None:
     st = rig.engine.statistics()
     assert (st.trades_opened, st.trades_closed) == (0, 0)
     assert EventType.ORDER_CANCELLED in rig.events.kinds()
+    (legging,) = [p for k, p in rig.events.seen if k is EventType.LEGGING]
+    assert (legging["symbol"], legging["action"]) == ("BTC-PERP", "leg_mismatch")
     _assert_journal_consistent(rig)
 
 
