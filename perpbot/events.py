@@ -35,6 +35,13 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: the seed's event types (the others are PerpBot's additions)
+SEED_EVENT_TYPES: tuple[str, ...] = (
+    "QUOTE_UPDATED", "ARBITRAGE_OPPORTUNITY_FOUND", "ORDER_PLACED", "ORDER_FILLED", "ORDER_CANCELLED",
+    "TRADE_COMPLETED", "CAPITAL_SNAPSHOT_UPDATE", "POSITION_UPDATED", "HEARTBEAT",
+)
+
+
 class EventType(str, enum.Enum):
     QUOTE_UPDATED = "QUOTE_UPDATED"
     ARBITRAGE_OPPORTUNITY_FOUND = "ARBITRAGE_OPPORTUNITY_FOUND"
