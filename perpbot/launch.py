@@ -4,8 +4,13 @@
 
 Start order: loopback market (demo and replay modes), exec (binds the opportunity socket),
 feeds, scanner; each must report RUNNING in the status segment before the next
-starts (the ready handshake). Ctrl-C, SIGTERM, `--duration` or a crashed child
-stop everything in reverse order; the segments and the run directory are
+starts (the ready handshake). Feeds and the scanner are restarted with backoff
+when they die; so is exec, but trading is PAUSED from its death until the new
+exec reports RUNNING, which it does only after recovering its state from the
+journal and the venues; then the trading state in force before the crash is
+restored (unless someone paused, resumed or killed meanwhile). A crash loop
+halts trading and ends the run. Ctrl-C, SIGTERM, `--duration` or the death of
+the market stop everything in reverse order; the segments and the run directory are
 removed at exit whatever happened. A summary is printed at the end.
 """
 
@@ -57,9 +62,12 @@ class Child:
     module: str
     slot: int
     args: list[str] = field(default_factory=list)
-    #: feeds and the scanner hold no state a restart loses; the market's ports and the exec
-    #: process's open trades do, so their death ends the run (exec recovery: a later release)
+    #: feeds and the scanner hold no state a restart loses; exec recovers its open trades from
+    #: the journal (see `recovers`); the market's ports cannot be recovered: its death ends the run
     restartable: bool = False
+    #: holds trades: trading is paused from its death until the restarted process reports
+    #: RUNNING (which it does only once it has recovered), then the previous state is restored
+    recovers: bool = False
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     log_file: TextIO | None = None
@@ -74,6 +82,19 @@ RESTART_MAX_S = 10.0
 #: this many crashes of one process within CRASH_WINDOW_S halt trading and stop restarting it
 CRASH_LIMIT = 5
 CRASH_WINDOW_S = 60.0
+
+
+@dataclass
+class Recovery:
+    """A recovering child (exec) and what to restore once it is back."""
+
+    child: Child
+    #: the trading state the launcher paused, or None when it did not pause (not RUNNING then)
+    resume_to: TradingState | None
+    #: `state_changed_ns` of the launcher's own pause: any other change since wins over resuming
+    paused_ns: int
+    #: monotonic deadline for the restarted process to report RUNNING (set when it is spawned)
+    deadline: float | None = None
 
 
 class Launcher:
@@ -98,6 +119,8 @@ class Launcher:
         self.alert_state = EventAlertState()
         #: (topic, payload) of the events alerts are derived from, collected by the forwarder
         self.watched: list[tuple[str, dict[str, Any]]] = []
+        #: set while a crashed exec is down or recovering
+        self.recovery: Recovery | None = None
 
     # -- set-up -------------------------------------------------------------------
 
@@ -151,7 +174,7 @@ class Launcher:
                 raise ChildFailed(market, "reported ready without writing its URLs")
             self.urls = urls
             write_run_file(self.run_dir, self.run_id, self.data_dir.resolve(), self.urls)
-        exec_ = Child("exec", "perpbot.exec.process", slot)
+        exec_ = Child("exec", "perpbot.exec.process", slot, restartable=True, recovers=True)
         slot += 1
         self._spawn(exec_)
         self._wait_ready([exec_])
@@ -185,6 +208,8 @@ class Launcher:
                            process=c.name, returncode=code)
         if not c.restartable:
             raise ChildFailed(c, f"exited unexpectedly with code {code}")
+        if c.recovers:
+            self._pause_for_recovery(c)
         c.crashes = [t for t in c.crashes if now - t < CRASH_WINDOW_S] + [now]
         rec = self.status.procs[c.slot]
         rec["restarts"] = int(rec["restarts"]) + 1
@@ -197,8 +222,56 @@ class Launcher:
         c.restart_at = now + delay
         c.proc = None
         self.out.write(f"{c.name} exited with code {code}; restarting in {delay:.1f} s "
-                       f"(crash {len(c.crashes)} of {CRASH_LIMIT} allowed in {CRASH_WINDOW_S:g} s)\n")
+                       f"(crash {len(c.crashes)} of {CRASH_LIMIT} allowed in {CRASH_WINDOW_S:g} s)"
+                       + ("; trading PAUSED until it has recovered" if c.recovers else "") + "\n")
         self.out.flush()
+
+    def _pause_for_recovery(self, c: Child) -> None:
+        """No new positions while a process holding trades is down (closing needs it up anyway)."""
+        st = self.status
+        assert st is not None
+        if self.recovery is not None and self.recovery.child is c:
+            return  # died again while recovering: keep what the first crash saved
+        resume_to: TradingState | None = None
+        if st.trading_state() == TradingState.RUNNING and not st.halted():
+            # only RUNNING needs pausing: PAUSED, REDUCE_ONLY and HALTED open nothing already
+            st.set_trading_state(TradingState.PAUSED)
+            resume_to = TradingState.RUNNING
+        self.recovery = Recovery(c, resume_to, int(st.glob["state_changed_ns"]))
+
+    def _restarted(self, c: Child, now: float) -> None:
+        if self.recovery is not None and self.recovery.child is c:
+            self.recovery.deadline = now + self.cfg.run.start_timeout_s
+            assert c.proc is not None
+            self.out.write(f"{c.name} restarted (pid {c.proc.pid}); waiting for it to recover\n")
+            self.out.flush()
+
+    def _check_recovery(self, now: float) -> None:
+        """Once the restarted process reports RUNNING (recovered), restore the trading state."""
+        r, st = self.recovery, self.status
+        assert st is not None
+        if r is None or r.deadline is None or r.child.proc is None or r.child.proc.poll() is not None:
+            return  # not restarted yet, or died again (the serve loop counts that crash)
+        rec = st.procs[r.child.slot]
+        # the dead process's record still says RUNNING: only the new pid's RUNNING counts
+        if int(rec["pid"]) == r.child.proc.pid and int(rec["state"]) == ProcState.RUNNING:
+            self.recovery = None
+            untouched = (not st.halted() and st.trading_state() == TradingState.PAUSED
+                         and int(st.glob["state_changed_ns"]) == r.paused_ns)
+            if r.resume_to is not None and untouched:
+                st.set_trading_state(r.resume_to)
+                what = f"trading {r.resume_to.name} again"
+            else:
+                what = f"trading stays {st.trading_state().name}"
+            self.out.write(f"{r.child.name} recovered (pid {r.child.proc.pid}); {what}\n")
+            self.out.flush()
+            log.warning("%s recovered; %s", r.child.name, what)
+        elif now > r.deadline:
+            self.out.write(f"{r.child.name} did not recover within {self.cfg.run.start_timeout_s:g} s; "
+                           "killing it (counts as a crash)\n")
+            self.out.flush()
+            r.child.proc.kill()
+            r.child.proc.wait()
 
     def _wait_ready(self, children: list[Child]) -> None:
         assert self.status is not None
@@ -232,8 +305,10 @@ class Launcher:
                     if c.restart_at is not None and now >= c.restart_at:
                         c.restart_at = None
                         self._spawn(c)
+                        self._restarted(c, now)
                 elif c.proc.poll() is not None:
                     self._child_exited(c, now)
+            self._check_recovery(now)
             if not self.stop_reason:
                 self.alert_state, requests = alerts_from_events(
                     self.alert_state, self.watched, now_ns(), feed_down_after_ms=self.cfg.alerts.feed_down_after_ms)

@@ -26,6 +26,12 @@ Client order ids are `<run_id>-<trade_id>-<purpose>-<leg>`, with `-<n>` added
 for the n-th retry of the same purpose: deterministic per decision, unique
 across the run (trade ids continue from the journal), so a resent order is
 refused by the venue as a duplicate instead of doubling.
+
+Recovery (`restore`): a restarted exec takes the state `recovery.recover`
+rebuilt from the journal: open trades (with their attempt counters, so no
+client order id repeats), the position book replayed from every fill, the
+status segment's positions mirrored. `check_open_trades` then closes those
+trades as usual.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from perpbot.events import EventType, check_event
 from perpbot.exec.edge import exit_pnl, fee_rate, leg_cash, net_edge_bps, pnl_bps
 from perpbot.exec.journal import Journal, OrderIntent
 from perpbot.exec.positions import PositionBook, reduces
+from perpbot.exec.recovery import RecoveredState
 from perpbot.exec.risk import Approval, LegCheck, Limits, Purpose, Reason, RiskGate
 from perpbot.exec.sizing import choose_size, round_price, to_decimal
 from perpbot.exec.venues.base import (
@@ -241,6 +248,54 @@ class Engine:
         for hop, h in self.hists.items():
             if h.dirty:
                 self._status.add_histogram(hop, h.drain())
+
+    def restore(self, state: RecoveredState) -> int:
+        """Take over what a previous exec held, as rebuilt from the journal; before any trading.
+
+        Trades left half-settled by the crash are settled now: one still
+        `opening` with both legs flat failed, one `opening` with equal legs is
+        open, one `open` with both legs flat is closed (`recovered`).
+        Returns the number of trades still held.
+        """
+        if self.trades or any(True for _ in self.book.items()):
+            raise RuntimeError("restore() is for a fresh engine, before it has traded")
+        vidx = {n: i for i, n in enumerate(self._vnames)}
+        sidx = {n: i for i, n in enumerate(self._snames)}
+        for f in state.fills:
+            self.book.apply(vidx[f.venue], sidx[f.symbol], f.side, f.qty, f.price, f.fee)
+        for v in range(len(self._vnames)):
+            for s in range(len(self._snames)):
+                self.book.mirror(self._status.positions, v, s)
+        # the ring of recent trades lives in the launcher's segment, which outlived the crash
+        ring = {int(r["trade_id"]): i for i, r in enumerate(self._status.trades)
+                if int(r["state"]) == RING_OPEN}
+        for rt in state.trades:
+            trade = Trade(
+                rt.trade_id, rt.opp_id, sidx[rt.symbol], vidx[rt.buy_venue], vidx[rt.sell_venue],
+                rt.entry_edge_bps, rt.open_ns, rt.buy_order, rt.sell_order, state=rt.state,
+                long_qty=rt.long_qty, short_qty=rt.short_qty, hedged_qty=rt.hedged_qty,
+                buy_avg=rt.buy_avg, entry_notional=rt.entry_notional, cash=rt.cash, fees=rt.fees,
+                ring_index=ring.get(rt.trade_id, -1) if rt.state == "open" else -1,
+                attempts=Counter(rt.attempts),
+            )
+            self.trades[trade.trade_id] = trade
+        self._next_trade_id = max(self._next_trade_id, state.next_trade_id)
+        for trade in list(self.trades.values()):
+            flat = trade.long_qty == 0 and trade.short_qty == 0
+            if trade.state == "opening" and (flat or trade.balanced):
+                self._settle(trade, "open_failed")
+            elif trade.state == "open" and flat:
+                self._settle(trade, "recovered")
+        if state.fills:
+            self._emit_positions(set(range(len(self._vnames))), 0)
+        self._log.info("restored from the journal: %d open trades, %d fills, next trade id %d",
+                       len(self.trades), len(state.fills), self._next_trade_id)
+        return len(self.trades)
+
+    def positions_by_name(self) -> dict[tuple[str, str], Decimal]:
+        """Net quantity per (venue, symbol) name, non-zero only (for reconciliation)."""
+        return {(self._vnames[v], self._snames[s]): p.qty for (v, s), p in self.book.items()
+                if p.qty}
 
     # -- opening ---------------------------------------------------------------------------
 

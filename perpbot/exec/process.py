@@ -4,8 +4,20 @@
 
 Started by the launcher, which owns the shared-memory segments and binds the
 event forwarder; this process attaches the board and status segments, opens
-the journal, binds the opportunity PULL socket and only then reports RUNNING
-in its status record (the ready handshake: a RUNNING exec is reachable).
+the journal, binds the opportunity PULL socket, recovers (below) and only
+then reports RUNNING in its status record (the ready handshake: a RUNNING
+exec is reachable and holds every trade a previous exec of this run held).
+
+Recovery, on every start (a no-op on a fresh journal): rebuild open trades,
+positions and pending order intents from the journal (`recovery.recover`),
+seed each paper venue's ledger with its journaled fills (a real venue keeps
+its own), ask the venues about orders whose intent was journaled without a
+result (never resend them), hand the result to `Engine.restore`, then
+compare the journal's positions with what each venue reports: a mismatch is
+fatal (exit 1, so the launcher's crash-loop limit halts trading) because
+trading resumes only when both agree. Risk limits reloaded earlier in the
+run (`risk.json`) apply again. While this runs the launcher keeps trading
+PAUSED and waits for RUNNING.
 
 Loops, all on one uvloop event loop:
 
@@ -52,8 +64,17 @@ from perpbot.clock import now_ns
 from perpbot.config import RiskConfig
 from perpbot.exec.engine import Engine
 from perpbot.exec.journal import Journal
+from perpbot.exec.recovery import (
+    RecoveredState,
+    RecoveryError,
+    reconcile,
+    record_resolutions,
+    recover,
+    resolve_intents,
+)
 from perpbot.exec.risk import Limits
 from perpbot.exec.venues.base import Venue
+from perpbot.exec.venues.paper import PaperVenue
 from perpbot.exec.venues.registry import make_venues
 from perpbot.messages import Opportunity, decode_opportunity
 from perpbot.runctx import RISK_FILE, RunContext, child_args, die_with_parent, load_run, setup_logging
@@ -104,6 +125,45 @@ def newest_per_pair(
     return list(newest.values()), superseded, errors
 
 
+async def recover_engine(engine: Engine, journal: Journal, venues: list[Venue],
+                         log: logging.Logger) -> RecoveredState:
+    """Bring a fresh engine and its venues to what the journal says; raise if the venues disagree."""
+    state = recover(journal.path)
+    for v in venues:
+        if isinstance(v, PaperVenue):
+            v.restore(state.fills_on(v.name))
+    if state.pending:
+        resolutions = await resolve_intents(state.pending, {v.name: v for v in venues})
+        record_resolutions(journal, resolutions)
+        for r in resolutions:
+            log.warning("recovery: order %s was journaled but had no result: %s",
+                        r.order.client_order_id,
+                        "never received by the venue" if r.result is None
+                        else f"{r.result.status.value} {r.result.filled_qty}")
+        state = recover(journal.path)  # the journal, now settled, is the one source of truth
+    engine.restore(state)
+    reported = {v.name: {s: p.qty for s, p in (await v.positions()).items()} for v in venues}
+    mismatches = reconcile(state.positions, reported)
+    if mismatches:
+        for m in mismatches:
+            journal.record_incident(None, "position_mismatch",
+                                    f"{m.venue} {m.symbol}: journal {m.journal_qty}, venue {m.venue_qty}")
+        raise RecoveryError("venue positions disagree with the journal: " + "; ".join(
+            f"{m.venue} {m.symbol} journal {m.journal_qty} venue {m.venue_qty}" for m in mismatches))
+    if state.fills:
+        log.warning("recovered from the journal: %d open trades, %d fills, %d pending orders "
+                    "resolved", len(engine.trades), len(state.fills), len(state.pending))
+    return state
+
+
+def _load_risk(ctx: RunContext, engine: Engine, log: logging.Logger) -> None:
+    raw = orjson.loads((ctx.run_dir / RISK_FILE).read_bytes())
+    risk = msgspec.convert(raw, RiskConfig, strict=False)
+    cfg = msgspec.structs.replace(ctx.cfg, risk=risk)
+    engine.gate.limits = Limits.from_config(cfg)
+    log.warning("risk limits reloaded: %s", raw)
+
+
 class ExecProcess:
     """Owns every resource of the exec process and the order they are released in."""
 
@@ -144,6 +204,9 @@ class ExecProcess:
                 await v.connect()
             engine = Engine(cfg, board, status, journal, venues, run_id=ctx.run_id, events=events,
                             log=log)
+            if (ctx.run_dir / RISK_FILE).exists():  # limits reloaded before a crash still hold
+                _load_risk(ctx, engine, log)
+            await recover_engine(engine, journal, venues, log)
             status.set_proc_state(slot, ProcState.RUNNING)
             events.heartbeat(ProcState.RUNNING.name)
             log.info("exec running: run %s, journal %s, %d venues", ctx.run_id, ctx.journal_path,
@@ -324,11 +387,7 @@ class ControlRequests:
         self.log.warning("kill switch: %d open orders cancelled", cancelled)
 
     def _reload_risk(self) -> None:
-        raw = orjson.loads((self.ctx.run_dir / RISK_FILE).read_bytes())
-        risk = msgspec.convert(raw, RiskConfig, strict=False)
-        cfg = msgspec.structs.replace(self.ctx.cfg, risk=risk)
-        self.engine.gate.limits = Limits.from_config(cfg)
-        self.log.warning("risk limits reloaded: %s", raw)
+        _load_risk(self.ctx, self.engine, self.log)
 
 
 if __name__ == "__main__":

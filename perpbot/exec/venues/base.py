@@ -177,6 +177,11 @@ class Venue(abc.ABC):
         """Cancel a resting order; False when no such order is resting."""
 
     @abc.abstractmethod
+    async def fetch_order(self, client_order_id: str, symbol: str) -> OrderResult | OpenOrder | None:
+        """An order by client order id: its terminal result, still resting, or None if the venue never
+        got it. Recovery and cancel/fill races are settled by asking this, never by assuming."""
+
+    @abc.abstractmethod
     async def open_orders(self, symbol: str | None = None) -> list[OpenOrder]:
         """Orders resting on the venue (all symbols when `symbol` is None)."""
 

@@ -15,14 +15,19 @@ safe), a quantity or price off the grid, a reduce-only order that would not
 reduce. An IOC limit the board no longer reaches ends EXPIRED with no fill.
 
 Every fill goes into `ledger` (the reference for reconciliation), and the
-venue's positions and balances are computed from that ledger. Margin is not
+venue's positions and balances are computed from that ledger. A real venue
+remembers your fills and positions when your process dies; this one lives
+inside the exec process, so a restarted exec seeds it with the journal's
+fills (`restore`), which is exactly what the venue would still hold: every
+order is IOC and filled synchronously, so no fill can exist that was not
+journaled. `fetch_order` answers recovery's "what became of this order?". Margin is not
 modelled: nothing is ever `locked`. Latency and random rejects are not
 modelled yet.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 
 from perpbot.clock import now_ns
@@ -70,6 +75,7 @@ class PaperVenue(Venue):
         self.ledger: list[Fill] = []
         self._positions: dict[str, Position] = {}
         self._seen: set[str] = set()
+        self._results: dict[str, OrderResult] = {}
         self._orders = 0
         self.connected = False
 
@@ -83,7 +89,47 @@ class PaperVenue(Venue):
         return dict(self._markets)
 
     async def place_order(self, req: OrderRequest) -> OrderResult:
-        return self.fill(req)
+        res = self.fill(req)
+        if res.reason != "duplicate client order id":
+            self._results[req.client_order_id] = res
+        return res
+
+    def restore(self, fills: Iterable[Fill]) -> None:
+        """Seed the ledger with fills from before an exec restart (this venue's, in order).
+
+        What a real venue does by itself: it remembers the positions and
+        balances of an account whose client went away. The client order ids
+        of those fills are remembered too, so resending one is refused as a
+        duplicate. Only for a fresh venue: restoring twice would double.
+        """
+        if self.ledger:
+            raise ValueError(f"paper venue {self.name} already has fills; restore only a fresh one")
+        for f in fills:
+            if f.venue != self.name:
+                raise ValueError(f"fill {f.fill_id} is on {f.venue}, not on {self.name}")
+            self.ledger.append(f)
+            self._seen.add(f.client_order_id)
+            self._positions[f.symbol] = apply_fill(
+                self._positions.get(f.symbol, FLAT), f.side, f.qty, f.price, f.fee)
+
+    async def fetch_order(self, client_order_id: str, symbol: str) -> OrderResult | None:
+        """The terminal result of an order by client order id; None if never received.
+
+        Orders placed since this object was made are known in full; orders
+        from before a restart only through their fills (restored from the
+        journal), and one that never filled was, to this venue, never there.
+        """
+        res = self._results.get(client_order_id)
+        if res is not None:
+            return res
+        fills = tuple(f for f in self.ledger if f.client_order_id == client_order_id)
+        if not fills:
+            return None
+        f0 = fills[0]
+        qty = sum((f.qty for f in fills), _ZERO)
+        return OrderResult(client_order_id, self.name, f0.symbol, f0.side, qty,
+                           OrderStatus.FILLED, fills, ts_accepted_ns=f0.ts_ns,
+                           ts_done_ns=fills[-1].ts_ns)
 
     def fill(self, req: OrderRequest) -> OrderResult:
         """The synchronous core of `place_order` (the venue has no latency to wait for)."""
