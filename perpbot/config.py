@@ -157,6 +157,9 @@ class RiskConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True)
     max_position_notional_usd: PosFloat = 20000.0
     #: at most this many trades open at once
     max_open_trades: PosInt = 4
+    #: realized loss (after fees) since 00:00 UTC in this run's journal at which no new position is
+    #: opened and trading turns REDUCE_ONLY (closing continues); None: no daily limit
+    max_daily_loss_usd: PosFloat | None = None
 
 
 class DemoVenueConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):

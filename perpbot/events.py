@@ -32,6 +32,10 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "HEARTBEAT": ("component_name", "status", "ts"),
     # added by PerpBot (not in the seed): a leg filled differently from its pair, or left naked
     "LEGGING": ("symbol", "exchange", "action", "detail"),
+    # added: the day's realized loss reached risk.max_daily_loss_usd
+    "DAILY_LOSS_LIMIT": ("realized_pnl", "limit"),
+    # added: an alert the launcher raised, for a bell sink (the monitor rings the terminal bell)
+    "ALERT": ("kind", "message"),
 }
 
 
@@ -53,6 +57,8 @@ class EventType(str, enum.Enum):
     POSITION_UPDATED = "POSITION_UPDATED"
     HEARTBEAT = "HEARTBEAT"
     LEGGING = "LEGGING"
+    DAILY_LOSS_LIMIT = "DAILY_LOSS_LIMIT"
+    ALERT = "ALERT"
 
     @property
     def topic(self) -> bytes:

@@ -33,14 +33,15 @@ import orjson
 import zmq
 
 from perpbot import bus
-from perpbot.alerts import WATCHED_TOPICS, Alerter, EventAlertState, alerts_from_events
+from perpbot.alerts import WATCHED_TOPICS, Alert, Alerter, CallbackSink, EventAlertState, alerts_from_events
 from perpbot.clock import now_ns
 from perpbot.config import Config, load_config
 from perpbot.errors import ConfigError, LayoutError, PerpBotError
+from perpbot.events import EventType
 from perpbot.logs import secret_values, setup_logging
 from perpbot.runctx import CONFIG_COPY, RISK_FILE, RUN_FILE, run_root, write_run_file
 from perpbot.shm import QuoteBoard, StatusBoard
-from perpbot.shm.layout import ProcState, Role, TradingState, segment_names
+from perpbot.shm.layout import ProcError, ProcState, Role, TradingState, segment_names
 from perpbot.shm.segment import find_stale_segments, remove_segment
 from perpbot.sim.process import read_market_file
 from perpbot.summary import format_summary, run_summary, status_report
@@ -149,6 +150,10 @@ class Launcher:
         xpub = bus.socket(self.zctx, zmq.XPUB, bus.EVENT_HWM)
         xpub.bind(ep.events)
         self.sockets = {"control": ctl, "xsub": xsub, "xpub": xpub}
+        for sink in cfg.alerts.sinks:
+            if sink.kind == "bell":
+                # the bell rings in whoever watches: the monitor subscribes to ALERT events
+                self.alerter.add_sink(CallbackSink("bell", self._publish_alert, kinds=sink.kinds))
         if cfg.run.control_tcp is not None:
             assert cfg.run.curve_server_secret_env is not None  # config validation guarantees it
             secret = os.environ.get(cfg.run.curve_server_secret_env, "")
@@ -160,6 +165,11 @@ class Launcher:
                 self.zctx, cfg.run.control_tcp, secret.encode(),
                 [k.encode() for k in cfg.run.curve_client_public_keys])
             self.sockets["control_tcp"] = tcp
+
+    def _publish_alert(self, alert: Alert) -> None:
+        xpub = self.sockets.get("xpub")
+        if xpub is not None:
+            xpub.send_multipart([EventType.ALERT.topic, orjson.dumps(alert.to_dict())], zmq.NOBLOCK)
 
     def start_children(self) -> None:
         cfg = self.cfg
@@ -204,8 +214,13 @@ class Launcher:
         """Restart a restartable child with backoff; a crash loop halts trading; anything else ends the run."""
         assert c.proc is not None and self.status is not None
         code = c.proc.returncode
-        self.alerter.alert("process_crash", f"{c.name} exited with code {code}", key=c.name,
-                           process=c.name, returncode=code)
+        if int(self.status.procs[c.slot]["last_error"]) == ProcError.POSITION_MISMATCH:
+            self.alerter.alert("position_mismatch", f"{c.name}: venue positions disagree with the journal; "
+                               "it will not trade until they agree (see its log and the journal's incidents)",
+                               key=c.name, process=c.name)
+        else:
+            self.alerter.alert("process_crash", f"{c.name} exited with code {code}", key=c.name,
+                               process=c.name, returncode=code)
         if not c.restartable:
             raise ChildFailed(c, f"exited unexpectedly with code {code}")
         if c.recovers:
@@ -310,6 +325,8 @@ class Launcher:
                     self._child_exited(c, now)
             self._check_recovery(now)
             if not self.stop_reason:
+                if any(topic == "DAILY_LOSS_LIMIT" for topic, _ in self.watched):
+                    self._daily_loss_limit()
                 self.alert_state, requests = alerts_from_events(
                     self.alert_state, self.watched, now_ns(), feed_down_after_ms=self.cfg.alerts.feed_down_after_ms)
                 self.watched.clear()
@@ -436,6 +453,15 @@ class Launcher:
             reply["error"] = ("halted, but exec did not confirm cancelling open orders within "
                               f"{KILL_CANCEL_TIMEOUT_S:g} s")
         return reply
+
+    def _daily_loss_limit(self) -> None:
+        """Exec reached the day's loss limit: nothing new opens (exec refuses anyway), closing goes on."""
+        st = self.status
+        assert st is not None
+        if st.trading_state() in (TradingState.RUNNING, TradingState.PAUSED):
+            st.set_trading_state(TradingState.REDUCE_ONLY)
+            self.out.write("daily loss limit reached: trading is REDUCE_ONLY until the next run\n")
+            self.out.flush()
 
     def _flatten(self) -> tuple[bool, float]:
         """Ask exec to close every open trade and wait for it; (all closed, ms waited)."""

@@ -32,12 +32,14 @@ from typing import Any
 
 import orjson
 import urwid
+import zmq
 
 from perpbot import bus
 from perpbot.clock import now_ns
 from perpbot.config import Config, load_config
 from perpbot.ctl import find_run
 from perpbot.errors import ConfigError, LayoutError
+from perpbot.events import EventType
 from perpbot.exec.risk import Reason
 from perpbot.metrics import bucket_bounds, quantile
 from perpbot.runctx import CONFIG_COPY, RUN_FILE, default_run_root, run_root
@@ -835,9 +837,38 @@ class MonitorController:
         self._replies: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._request = request or (lambda ep, cmd: bus.control_request(ep, cmd, timeout_ms=3000))
         self.loop: urwid.MainLoop | None = None
+        self._zctx: zmq.Context[Any] | None = None
+        self._alerts: zmq.Socket[Any] | None = None
+
+    def subscribe_alerts(self, bell: Callable[[], None]) -> None:
+        """Ring `bell` and show the alert for every ALERT event the launcher publishes (bell sinks)."""
+        self._zctx = zmq.Context()
+        self._alerts = bus.event_subscriber(self._zctx, self.run.endpoints, (EventType.ALERT.value,))
+        self._bell = bell
+
+    def close(self) -> None:
+        if self._alerts is not None:
+            self._alerts.close()
+        if self._zctx is not None:
+            self._zctx.term()
+
+    def _poll_alerts(self) -> None:
+        sock = self._alerts
+        while sock is not None:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                _, alert = bus.decode_event(frames)
+            except (ValueError, orjson.JSONDecodeError):
+                continue
+            self._bell()
+            self.view.set_status(f"ALERT {alert.get('kind')}: {alert.get('message')}")
 
     def refresh(self) -> None:
-        """Take a snapshot, pick up control replies, redraw."""
+        """Take a snapshot, pick up control replies and alerts, redraw."""
+        self._poll_alerts()
         while True:
             try:
                 msg = self._replies.get_nowait()
@@ -917,6 +948,11 @@ class MonitorController:
 # ================================================================================ main
 
 
+def _ring_bell() -> None:
+    sys.stdout.write("\a")  # BEL: the terminal's own alert, through urwid's screen untouched
+    sys.stdout.flush()
+
+
 def summary_loop(run: AttachedRun, interval_s: float, count: int, out: Any = sys.stdout) -> int:
     """Print `summary_line` every interval until the run ends (or `count` lines, when non-zero)."""
     prev = run.snapshot(None)
@@ -961,7 +997,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not (sys.stdout.isatty() and sys.stdin.isatty()):
             return summary_loop(run, args.interval, args.count)
-        MonitorController(run, MonitorView(), args.refresh_ms / 1000).run_loop()
+        controller = MonitorController(run, MonitorView(), args.refresh_ms / 1000)
+        controller.subscribe_alerts(_ring_bell)
+        try:
+            controller.run_loop()
+        finally:
+            controller.close()
         return 0
     except KeyboardInterrupt:
         return 0

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -174,7 +175,12 @@ class Engine:
         self.book = PositionBook(len(self._vnames), len(self._snames))
         self.trades: dict[int, Trade] = {}
         self._next_trade_id = journal.next_trade_id()
+        # the daily loss limit: today's realized PnL from the journal, so a restart does not forget it
+        self._day = _utc_day()
+        self._day_pnl = journal.realized_since(_day_start(self._day))
+        self._loss_limit_hit = False
         self._lock = asyncio.Lock()
+        self._daily_limit = cfg.risk.max_daily_loss_usd
         self._closed = False
         self._counters = [0] * N_COUNTERS
         self._skips: Counter[str] = Counter()
@@ -301,6 +307,8 @@ class Engine:
 
     async def _open(self, opp: Opportunity, ts_recv_ns: int) -> Reason:
         now = self._clock()
+        if self._daily_loss_reached():
+            return self._skip(opp, Reason.DAILY_LOSS, f"realized {self._day_pnl} today")
         # age since detection: a backlog or a slow hop makes the signal worthless
         if now - opp.ts_detect_ns > self._max_age_ns:
             self._counters[ExecCounter.OPPS_TOO_OLD] += 1
@@ -598,9 +606,33 @@ class Engine:
                                        realized_pnl=trade.cash, fees=trade.fees)
         return 0
 
+    def _daily_loss_reached(self) -> bool:
+        """True once today's realized loss reached the limit (reported once a day)."""
+        limit = self._daily_limit
+        today = _utc_day()
+        if today != self._day:
+            self._day, self._day_pnl, self._loss_limit_hit = today, _ZERO, False
+        if limit is None or -self._day_pnl < Decimal(repr(limit)):
+            return False
+        if not self._loss_limit_hit:
+            self._loss_limit_hit = True
+            self._log.error("daily loss limit reached: realized %s today, limit %s USD; opening nothing more",
+                            self._day_pnl, limit)
+            self._emit(EventType.DAILY_LOSS_LIMIT, {"realized_pnl": float(self._day_pnl), "limit": float(limit),
+                                                    "ts": self._clock()})
+        return True
+
+    def set_daily_loss_limit(self, limit_usd: float | None) -> None:
+        """`reload-risk` changes the daily limit too."""
+        self._daily_limit = limit_usd
+
     def _finish(self, trade: Trade, state: str, why: str) -> None:
         self.trades.pop(trade.trade_id, None)
         now = self._clock()
+        if _utc_day() != self._day:
+            self._day, self._day_pnl, self._loss_limit_hit = _utc_day(), _ZERO, False
+        self._day_pnl += trade.cash
+        self._daily_loss_reached()
         self._journal.update_trade(trade.trade_id, state=state, qty=trade.hedged_qty,
                                    realized_pnl=trade.cash, fees=trade.fees, close_reason=why,
                                    closed=True)
@@ -677,3 +709,12 @@ class Engine:
             return
         check_event(kind.value, payload)
         self._events.publish(kind, payload)
+
+
+def _utc_day() -> int:
+    """Days since the epoch, UTC: the daily loss limit's day."""
+    return int(time.time() // 86400)
+
+
+def _day_start(day: int) -> float:
+    return float(day * 86400)

@@ -208,6 +208,12 @@ class Journal:
 
     # -- trades ---------------------------------------------------------------------
 
+    def realized_since(self, wall_time: float) -> Decimal:
+        """Realized PnL after fees of the trades finished (closed or failed) since `wall_time` (epoch s)."""
+        rows = self._db.execute("SELECT realized_pnl FROM trades WHERE state IN ('closed', 'failed')"
+                                " AND wall_close >= ?", (wall_time,)).fetchall()
+        return sum((Decimal(r[0]) for r in rows if r[0] is not None), Decimal(0))
+
     def next_trade_id(self) -> int:
         """One past the largest trade id in the file, so a reopened journal continues."""
         row = self._db.execute("SELECT COALESCE(MAX(trade_id), 0) FROM trades").fetchone()

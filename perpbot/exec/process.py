@@ -79,16 +79,12 @@ from perpbot.exec.venues.registry import make_venues
 from perpbot.messages import Opportunity, decode_opportunity
 from perpbot.runctx import RISK_FILE, RunContext, child_args, die_with_parent, load_run, setup_logging
 from perpbot.shm import QuoteBoard, StatusBoard
-from perpbot.shm.layout import ProcState, Role
+from perpbot.shm.layout import ProcError, ProcState, Role
 
 HOUSEKEEPING_S = 0.2
 HEARTBEAT_EVENT_NS = 1_000_000_000
 #: how long shutdown waits for orders in flight before giving up on them
 DRAIN_TIMEOUT_S = 10.0
-#: last_error codes in the status record
-ERR_NONE = 0
-ERR_TASK_FAILED = 1
-ERR_START_FAILED = 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +157,7 @@ def _load_risk(ctx: RunContext, engine: Engine, log: logging.Logger) -> None:
     risk = msgspec.convert(raw, RiskConfig, strict=False)
     cfg = msgspec.structs.replace(ctx.cfg, risk=risk)
     engine.gate.limits = Limits.from_config(cfg)
+    engine.set_daily_loss_limit(risk.max_daily_loss_usd)
     log.warning("risk limits reloaded: %s", raw)
 
 
@@ -237,11 +234,16 @@ class ExecProcess:
                      st.realized_pnl, st.malformed, self.superseded)
             if self._fault is not None:
                 code = 1
+        except RecoveryError as e:
+            log.error("not trading: %s", e)
+            code = 1
+            if status is not None:
+                status.procs[slot]["last_error"] = ProcError.POSITION_MISMATCH
         except Exception:
             log.exception("exec failed")
             code = 1
             if status is not None:
-                status.procs[slot]["last_error"] = ERR_START_FAILED
+                status.procs[slot]["last_error"] = ProcError.START_FAILED
         finally:
             if self._inflight:  # never close the journal under a running checkpoint
                 await asyncio.wait(self._inflight, timeout=DRAIN_TIMEOUT_S)
@@ -257,7 +259,7 @@ class ExecProcess:
             zctx.term()
             if status is not None:
                 if self._fault is not None:
-                    status.procs[slot]["last_error"] = ERR_TASK_FAILED
+                    status.procs[slot]["last_error"] = ProcError.TASK_FAILED
                 status.set_proc_state(slot, ProcState.FAULTED if code else ProcState.STOPPED)
                 status.close()
             if board is not None:

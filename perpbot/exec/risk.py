@@ -63,6 +63,7 @@ class Reason(enum.IntEnum):
     BAD_MESSAGE = 14  # indices out of range, same venue on both legs
     STOPPING = 15  # the process is shutting down
     SUPERSEDED = 16  # a newer opportunity for the same pair arrived in the same batch
+    DAILY_LOSS = 17  # risk.max_daily_loss_usd reached today: nothing new is opened
 
 
 class Purpose(str, enum.Enum):

@@ -112,6 +112,15 @@ class TradingState(enum.IntEnum):
     REDUCE_ONLY = 3
 
 
+class ProcError(enum.IntEnum):
+    """`last_error` in a process record: why it stopped, for the launcher and for people."""
+
+    NONE = 0
+    TASK_FAILED = 1
+    START_FAILED = 2
+    POSITION_MISMATCH = 3  # exec: the venue's positions disagree with the journal
+
+
 class ScannerCounter(enum.IntEnum):
     PASSES = 0
     CHANGES = 1

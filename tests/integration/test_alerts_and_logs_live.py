@@ -19,7 +19,10 @@ from typing import Any, ClassVar
 import orjson
 import pytest
 import yaml
+import zmq
 from kit import example_raw
+
+from perpbot import bus
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +43,15 @@ class Hook(BaseHTTPRequestHandler):
         pass
 
 
+def _collect_alerts(sock: zmq.Socket, into: list[dict[str, Any]]) -> bool:
+    """Drain what arrived; keep the ALERT events; True once there is one."""
+    while sock.poll(100):
+        topic, payload = bus.decode_event(sock.recv_multipart())
+        if topic == "ALERT":
+            into.append(payload)
+    return bool(into)
+
+
 def test_alerts_reach_the_webhook_and_secrets_reach_no_file(tmp_path: Path) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -48,7 +60,7 @@ def test_alerts_reach_the_webhook_and_secrets_reach_no_file(tmp_path: Path) -> N
     raw = example_raw()
     raw["run"].update(run_root=str(run_root), data_dir=str(tmp_path / "data"))
     raw["venues"]["binanceusdm"]["api_key_env"] = "PB_TEST_BINANCE_KEY"
-    raw["alerts"] = {"sinks": [{"kind": "log"},
+    raw["alerts"] = {"sinks": [{"kind": "log"}, {"kind": "bell"},
                                {"kind": "webhook", "url": f"http://127.0.0.1:{server.server_port}/hook"}]}
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -71,8 +83,18 @@ def test_alerts_reach_the_webhook_and_secrets_reach_no_file(tmp_path: Path) -> N
     try:
         until("start", lambda: b"all processes running" in log.read_bytes())
         st = orjson.loads(ctl("--json", "status").stdout)
+        # a bell sink reaches whoever watches (the monitor) as ALERT events on the bus
+        zctx = zmq.Context()
+        bell = bus.event_subscriber(zctx, bus.endpoints(run_root / st["run_id"]), ("ALERT", "HEARTBEAT"))
+        # a heartbeat received proves the subscription reached the forwarder (SUB has no handshake)
+        until("a heartbeat through the forwarder", lambda: bell.poll(100) and bell.recv_multipart()[0] == b"HEARTBEAT")
         os.kill(st["processes"]["feed-bybit"]["pid"], signal.SIGKILL)
         until("the crash alert", lambda: any(a.get("kind") == "process_crash" for a in Hook.received))
+        alerts: list[dict[str, Any]] = []
+        until("the bell's ALERT event", lambda: _collect_alerts(bell, alerts))
+        assert alerts[0]["kind"] == "process_crash"
+        bell.close()
+        zctx.term()
         assert ctl("kill").returncode == 0
         until("the kill alert", lambda: any(a.get("kind") == "kill" for a in Hook.received))
         proc.send_signal(signal.SIGTERM)

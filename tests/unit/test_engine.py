@@ -502,3 +502,41 @@ def test_drain_stops_new_decisions(rig: Rig) -> None:
     asyncio.run(rig.engine.drain())
     assert rig.on_opp() is Reason.STOPPING
     assert rig.sent() == []
+
+
+def test_the_daily_loss_limit_stops_new_trades_and_is_reported_once(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(risk={"max_daily_loss_usd": 0.01})
+    rig.quote(0, 59999.9, 60000.0)
+    rig.quote(1, 60300.0, 60300.1)
+
+    def book_runs_away(req: OrderRequest) -> None:
+        if req.client_order_id.endswith("open-sell"):
+            rig.quote(1, 60000.0, 60000.1)  # the sell misses: the buy is unwound at a loss (fees, spread)
+
+    rig.venues[1].before = book_runs_away
+    assert rig.on_opp() is Reason.OK
+    loss = rig.db().execute("SELECT realized_pnl FROM trades").fetchone()[0]
+    assert D(loss) < D("-0.01")
+    rig.venues[1].before = None
+    rig.quote(1, 60300.0, 60300.1)
+    sent_before = len(rig.sent())
+    assert rig.on_opp() is Reason.DAILY_LOSS
+    assert rig.on_opp() is Reason.DAILY_LOSS
+    assert len(rig.sent()) == sent_before  # nothing new left the process
+    (event,) = [p for k, p in rig.events.seen if k is EventType.DAILY_LOSS_LIMIT]
+    assert event["limit"] == 0.01 and event["realized_pnl"] == float(D(loss))
+
+
+def test_the_daily_loss_limit_survives_a_restart(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(risk={"max_daily_loss_usd": 0.01})
+    rig.quote(0, 59999.9, 60000.0)
+    rig.quote(1, 60300.0, 60300.1)
+    rig.venues[1].before = lambda req: rig.quote(1, 60000.0, 60000.1) if req.client_order_id.endswith(
+        "open-sell") else None
+    assert rig.on_opp() is Reason.OK
+    rig.journal.flush()
+    # a new engine on the same journal (what a restarted exec builds) remembers today's loss
+    again = Engine(rig.engine.cfg, rig.board, rig.status, rig.journal, rig.venues, run_id=RUN, clock=rig.clock)
+    rig.quote(1, 60300.0, 60300.1)
+    rig.venues[1].before = None
+    assert asyncio.run(again.on_opportunity(rig.opp(), rig.clock())) is Reason.DAILY_LOSS

@@ -373,3 +373,40 @@ def test_main_without_a_live_run_says_so(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["--config", str(cfg_path)]) == 3
     assert "no live PerpBot run" in capsys.readouterr().err
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_the_monitor_rings_the_bell_for_alert_events(tmp_path: Path) -> None:
+    import time as _time
+
+    import orjson
+    import zmq
+
+    from perpbot import bus
+    from perpbot.monitor import MonitorController, MonitorView
+
+    ep = bus.endpoints(tmp_path)
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.bind(ep.events)
+
+    class Run:
+        endpoints = ep
+
+    rang: list[int] = []
+    view = MonitorView()
+    c = MonitorController(Run(), view, request=lambda *a: {})  # type: ignore[arg-type]
+    c.subscribe_alerts(lambda: rang.append(1))
+    try:
+        assert pub.poll(5000), "the monitor never subscribed"
+        assert pub.recv() == b"\x01ALERT"
+        pub.send_multipart([b"ALERT", orjson.dumps({"kind": "kill", "message": "kill from perpbot-ctl"})])
+        end = _time.monotonic() + 5
+        while not rang and _time.monotonic() < end:
+            c._poll_alerts()
+            _time.sleep(0.01)
+        assert rang == [1]
+        assert "ALERT kill: kill from perpbot-ctl" in view.status.text
+    finally:
+        c.close()
+        pub.close(0)
+        ctx.term()

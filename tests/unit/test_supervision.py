@@ -62,3 +62,43 @@ def test_a_process_that_cannot_be_restarted_ends_the_run() -> None:
         # the market's ports are gone with it (exec is restartable now: see test_recovery)
         with pytest.raises(ChildFailed, match="market exited unexpectedly with code 3"):
             launcher._child_exited(_dead_child("market", restartable=False), 1.0)
+
+
+def _capturing_launcher(cfg, status):  # type: ignore[no-untyped-def]
+    from perpbot.alerts import Alerter, CallbackSink
+
+    launcher = Launcher(cfg, EXAMPLE_CONFIG, out=io.StringIO())
+    launcher.status = status
+    got: list[str] = []
+    launcher.alerter = Alerter(cfg.alerts, sinks=[CallbackSink("test", lambda a: got.append(a.kind))])
+    return launcher, got
+
+
+def test_exec_refusing_to_trade_on_a_position_mismatch_alerts_as_such() -> None:
+    from perpbot.shm.layout import ProcError
+
+    cfg = make_config()
+    with segments(cfg) as (_, status):
+        launcher, got = _capturing_launcher(cfg, status)
+        c = _dead_child("exec", restartable=True)
+        status.procs[3]["last_error"] = int(ProcError.POSITION_MISMATCH)
+        launcher._child_exited(c, 1.0)
+        launcher.alerter.wait_idle()
+        assert got == ["position_mismatch"]
+
+
+def test_the_daily_loss_limit_turns_trading_reduce_only_and_alerts() -> None:
+    from perpbot.alerts import EventAlertState, alerts_from_events
+    from perpbot.shm.layout import TradingState
+
+    cfg = make_config()
+    with segments(cfg) as (_, status):
+        launcher, got = _capturing_launcher(cfg, status)
+        status.set_trading_state(TradingState.RUNNING)
+        launcher.watched = [("DAILY_LOSS_LIMIT", {"realized_pnl": -120.0, "limit": 100.0})]
+        launcher._daily_loss_limit()
+        assert status.trading_state() == TradingState.REDUCE_ONLY
+        _, reqs = alerts_from_events(EventAlertState(), launcher.watched, 1, feed_down_after_ms=1000)
+        launcher.alerter.submit(reqs)
+        launcher.alerter.wait_idle()
+        assert got == ["daily_loss_limit"]
