@@ -275,6 +275,24 @@ class PositionRow:
     avg_price: float
 
 
+#: fills shown (the ring holds N_RECENT)
+FILL_ROWS = 12
+
+
+@dataclass(frozen=True)
+class FillRow:
+    """One fill, newest first."""
+
+    age_ms: float
+    trade_id: int
+    venue: str
+    symbol: str
+    side: str
+    qty: float
+    price: float
+    fee: float
+
+
 @dataclass(frozen=True)
 class CapitalRow:
     """One venue's capital pool, USD."""
@@ -284,6 +302,7 @@ class CapitalRow:
     locked: float
     total: float
     realized_pnl: float
+    open_orders: int = 0
 
 
 @dataclass(frozen=True)
@@ -327,6 +346,7 @@ class MonitorModel:
     net_by_asset: tuple[tuple[str, float], ...]
     capital: tuple[CapitalRow, ...]
     realized_pnl: float
+    fills: tuple[FillRow, ...]
     processes: tuple[ProcRow, ...]
     latency: tuple[HopRow, ...]
     #: raw per-venue frame counters, kept for the next snapshot's rates
@@ -347,6 +367,13 @@ def _enum_name(enum_cls: type[FeedState] | type[ProcState] | type[TradingState],
         return enum_cls(value).name
     except ValueError:
         return f"?{value}"
+
+
+def _fill_row(f: Any, venues: Sequence[str], symbols: Sequence[str], now: int) -> FillRow:
+    v, s = int(f["venue"]), int(f["symbol"])
+    return FillRow((now - int(f["ts_ns"])) / 1e6, int(f["trade_id"]), venues[v] if v < len(venues) else "?",
+                   symbols[s] if s < len(symbols) else "?", "buy" if int(f["side"]) == 1 else "sell",
+                   float(f["qty"]), float(f["price"]), float(f["fee"]))
 
 
 def _decimals(tick: Decimal) -> int:
@@ -513,7 +540,9 @@ def snapshot(status: StatusBoard, board: QuoteBoard, cfg: Config, prev: MonitorM
 
     cap = status.capital.copy()
     capital = tuple(CapitalRow(v, float(cap[i]["free"]), float(cap[i]["locked"]), float(cap[i]["total"]),
-                               float(cap[i]["realized_pnl"])) for i, v in enumerate(venues))
+                               float(cap[i]["realized_pnl"]), int(cap[i]["open_orders"]))
+                    for i, v in enumerate(venues))
+    fills = tuple(_fill_row(f, venues, symbols, now) for f in status.recent("fills")[:FILL_ROWS])
     hist = status.hist.copy()
     glob = status.glob.copy()
     return MonitorModel(
@@ -522,7 +551,7 @@ def snapshot(status: StatusBoard, board: QuoteBoard, cfg: Config, prev: MonitorM
         halted=int(glob["halt"]) != 0,
         venues=tuple(vrows), board=tuple(brows), opportunities=opps, trades=tuple(trades),
         positions=tuple(positions), net_by_asset=net_by_asset, capital=capital,
-        realized_pnl=sum(c.realized_pnl for c in capital),
+        realized_pnl=sum(c.realized_pnl for c in capital), fills=fills,
         processes=tuple(_proc_rows(status, now)),
         latency=tuple(_hop_row(h, [int(x) for x in hist[int(h)]]) for h in Hop),
         frames=tuple(v.frames for v in vrows),
@@ -680,6 +709,20 @@ def trades_markup(m: MonitorModel) -> Markup:
     return _lines(*out)
 
 
+def fills_markup(m: MonitorModel) -> Markup:
+    """Recent fills, newest first (orders are IOC: each fill is the whole of what an order got)."""
+    out: list[Markup] = [[("title", "FILLS  recent, newest first")],
+                         [("colhead", f"{'age':>7} {'trade':>6} {'venue':<12}{'symbol':<10}{'side':<5}{'qty':>10}"
+                                      f"{'price':>13}{'fee':>10}")]]
+    if not m.fills:
+        out.append(["  none yet"])
+    for f in m.fills:
+        out.append([f"{_fmt_age(f.age_ms):>7} {f.trade_id:>6} {f.venue[:11]:<12}{f.symbol:<10}",
+                    ("ok" if f.side == "buy" else "warn", f"{f.side:<5}"),
+                    f"{f.qty:>10.6g}{f.price:>13.6g}{f.fee:>10.4f}"])
+    return _lines(*out)
+
+
 def opps_markup(m: MonitorModel) -> Markup:
     """Recent opportunities and their outcome."""
     out: list[Markup] = [[("title", "OPPORTUNITIES  recent, newest first")],
@@ -708,11 +751,12 @@ def positions_markup(m: MonitorModel) -> Markup:
 
 def capital_markup(m: MonitorModel) -> Markup:
     """Capital pools per venue."""
-    out: list[Markup] = [[("title", "CAPITAL  per venue, USD")],
-                         [("colhead", f"{'venue':<13}{'free':>14}{'locked':>12}{'total':>14}{'realized':>12}")]]
+    out: list[Markup] = [[("title", "CAPITAL  per venue, USD; open orders")],
+                         [("colhead", f"{'venue':<13}{'free':>14}{'locked':>12}{'total':>14}{'realized':>12}"
+                                      f"{'orders':>8}")]]
     for c in m.capital:
         out.append([f"{c.venue[:12]:<13}{c.free:>14,.2f}{c.locked:>12,.2f}{c.total:>14,.2f}",
-                    ("ok" if c.realized_pnl >= 0 else "bad", f"{c.realized_pnl:>+12.4f}")])
+                    ("ok" if c.realized_pnl >= 0 else "bad", f"{c.realized_pnl:>+12.4f}"), f"{c.open_orders:>8}"])
     return _lines(*out)
 
 
@@ -741,7 +785,8 @@ def latency_markup(m: MonitorModel) -> Markup:
 
 
 SECTIONS: tuple[Callable[[MonitorModel], Markup], ...] = (
-    board_markup, venues_markup, trades_markup, opps_markup, positions_markup, capital_markup, procs_markup,
+    board_markup, venues_markup, trades_markup, fills_markup, opps_markup, positions_markup, capital_markup,
+    procs_markup,
     latency_markup,
 )
 

@@ -550,6 +550,9 @@ class Engine:
             self._counters[ExecCounter.FILLS] += 1
             self.book.apply(v, s, f.side, f.qty, f.price, f.fee)
             self.book.mirror(self._status.positions, v, s)
+            self._status.push_fill(ts_ns=f.ts_ns, trade_id=trade.trade_id, symbol=s, venue=v,
+                                   side=1 if f.side is Side.BUY else 2, qty=float(f.qty), price=float(f.price),
+                                   fee=float(f.fee))
             trade.cash += leg_cash(f.side.sign, f.qty, f.price, f.fee)
             trade.fees += f.fee
             if v == trade.buy_venue:

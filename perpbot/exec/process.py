@@ -212,7 +212,7 @@ class ExecProcess:
             tasks = [
                 self._spawn(self._receive(engine, pull), "receive"),
                 self._spawn(self._check(engine, status, venues), "check"),
-                self._spawn(self._housekeeping(engine, status, journal, events), "housekeeping"),
+                self._spawn(self._housekeeping(engine, status, journal, events, venues), "housekeeping"),
             ]
             await self._stop.wait()
             self._stopping = True
@@ -327,7 +327,7 @@ class ExecProcess:
             await self._shielded(engine.check_open_trades())
 
     async def _housekeeping(self, engine: Engine, status: StatusBoard, journal: Journal,
-                            events: bus.EventPublisher) -> None:
+                            events: bus.EventPublisher, venues: list[Venue]) -> None:
         slot = self.ctx.slot
         last_event = now_ns()
         while not self._stopping:
@@ -339,6 +339,8 @@ class ExecProcess:
             if now - last_event >= HEARTBEAT_EVENT_NS:
                 last_event = now
                 events.heartbeat(ProcState.RUNNING.name)
+                for i, v in enumerate(venues):  # what rests on each venue, for the monitor
+                    status.capital[i]["open_orders"] = len(await v.open_orders())
                 # shielded and tracked: shutdown waits for it before closing the journal
                 await self._shielded(asyncio.to_thread(journal.checkpoint))
 

@@ -24,7 +24,7 @@ MAX_PROCS = 64
 BOARD_MAGIC = b"PBQBOARD"
 STATUS_MAGIC = b"PBSTATUS"
 BOARD_LAYOUT_VERSION = 1
-STATUS_LAYOUT_VERSION = 3
+STATUS_LAYOUT_VERSION = 4
 
 #: capacity of each venue's ring of changed symbol indices (power of two)
 RING_CAPACITY = 1024
@@ -242,7 +242,22 @@ FEED_DTYPE = np.dtype(
 POSITION_DTYPE = np.dtype([("qty", "<f8"), ("avg_price", "<f8")])
 
 CAPITAL_DTYPE = np.dtype(
-    [("free", "<f8"), ("locked", "<f8"), ("total", "<f8"), ("realized_pnl", "<f8")]
+    [("free", "<f8"), ("locked", "<f8"), ("total", "<f8"), ("realized_pnl", "<f8"),
+     ("open_orders", "<u4"), ("_pad0", "V4")]
+)
+
+FILL_RECORD_DTYPE = np.dtype(
+    [
+        ("ts_ns", "<i8"),
+        ("trade_id", "<u8"),
+        ("symbol", "<u2"),
+        ("venue", "u1"),
+        ("side", "u1"),  # 1 buy, 2 sell
+        ("_pad0", "V4"),
+        ("qty", "<f8"),
+        ("price", "<f8"),
+        ("fee", "<f8"),
+    ]
 )
 
 OPPORTUNITY_RECORD_DTYPE = np.dtype(
@@ -336,6 +351,8 @@ class StatusLayout:
     opportunities: int
     trades_count: int
     trades: int
+    fills_count: int
+    fills: int
     histograms: int
     size: int
 
@@ -353,11 +370,13 @@ def status_layout(n_venues: int, n_symbols: int) -> StatusLayout:
     opportunities = opportunities_count + CACHE_LINE
     trades_count = opportunities + _align(N_RECENT * OPPORTUNITY_RECORD_DTYPE.itemsize)
     trades = trades_count + CACHE_LINE
-    histograms = trades + _align(N_RECENT * TRADE_RECORD_DTYPE.itemsize)
+    fills_count = trades + _align(N_RECENT * TRADE_RECORD_DTYPE.itemsize)
+    fills = fills_count + CACHE_LINE
+    histograms = fills + _align(N_RECENT * FILL_RECORD_DTYPE.itemsize)
     size = histograms + _align(len(Hop) * N_BUCKETS * 8)
     return StatusLayout(
         n_venues, n_symbols, venue_table, symbol_table, global_, procs, feeds, positions,
-        capital, opportunities_count, opportunities, trades_count, trades, histograms, size,
+        capital, opportunities_count, opportunities, trades_count, trades, fills_count, fills, histograms, size,
     )
 
 

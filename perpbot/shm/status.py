@@ -18,6 +18,7 @@ from perpbot.clock import now_ns
 from perpbot.shm.layout import (
     CAPITAL_DTYPE,
     FEED_DTYPE,
+    FILL_RECORD_DTYPE,
     GLOBAL_DTYPE,
     MAX_PROCS,
     N_BUCKETS,
@@ -61,6 +62,7 @@ class StatusBoard:
         self.capital = np.ndarray((nv,), CAPITAL_DTYPE, buffer=buf, offset=lay.capital)
         self.opps = np.ndarray((N_RECENT,), OPPORTUNITY_RECORD_DTYPE, buffer=buf, offset=lay.opportunities)
         self.trades = np.ndarray((N_RECENT,), TRADE_RECORD_DTYPE, buffer=buf, offset=lay.trades)
+        self.fills = np.ndarray((N_RECENT,), FILL_RECORD_DTYPE, buffer=buf, offset=lay.fills)
         self.hist = np.ndarray((len(Hop), N_BUCKETS), np.dtype("<u8"), buffer=buf, offset=lay.histograms)
         # the hot-path flag reads go through struct, not numpy scalar indexing
         self._buf: memoryview | None = buf
@@ -71,6 +73,7 @@ class StatusBoard:
         ]
         self._opp_count_off = lay.opportunities_count
         self._trade_count_off = lay.trades_count
+        self._fill_count_off = lay.fills_count
 
     @classmethod
     def create(cls, name: str, venues: Sequence[str], symbols: Sequence[str]) -> StatusBoard:
@@ -89,7 +92,7 @@ class StatusBoard:
         return cls(seg, lay, venues, symbols)
 
     def close(self) -> None:
-        for attr in ("glob", "procs", "feeds", "positions", "capital", "opps", "trades", "hist"):
+        for attr in ("glob", "procs", "feeds", "positions", "capital", "opps", "trades", "fills", "hist"):
             setattr(self, attr, None)
         self._buf = None
         self.segment.close()
@@ -178,6 +181,9 @@ class StatusBoard:
     def push_trade(self, **fields: float) -> int:
         return self._push(self.trades, self._trade_count_off, fields)
 
+    def push_fill(self, **fields: float) -> int:
+        return self._push(self.fills, self._fill_count_off, fields)
+
     def _push(self, ring: np.ndarray, count_off: int, fields: dict[str, float | int]) -> int:
         buf = self._buf
         assert buf is not None
@@ -189,11 +195,11 @@ class StatusBoard:
         return n % N_RECENT
 
     def recent(self, which: str) -> list[np.void]:
-        """Newest-first copies of the `opps` or `trades` ring."""
+        """Newest-first copies of the `opps`, `trades` or `fills` ring."""
         buf = self._buf
         assert buf is not None
-        ring = self.opps if which == "opps" else self.trades
-        off = self._opp_count_off if which == "opps" else self._trade_count_off
+        ring, off = {"opps": (self.opps, self._opp_count_off), "trades": (self.trades, self._trade_count_off),
+                     "fills": (self.fills, self._fill_count_off)}[which]
         (n,) = SEQ_STRUCT.unpack_from(buf, off)
         k = min(n, N_RECENT)
         return [ring[(n - 1 - i) % N_RECENT].copy() for i in range(k)]

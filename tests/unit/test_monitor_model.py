@@ -47,6 +47,13 @@ def segs(cfg: Config) -> Iterator[tuple[QuoteBoard, StatusBoard]]:
         yield board, status
 
 
+def _set_capital(status: StatusBoard, venue: int, free: float, locked: float, total: float, realized: float,
+                 open_orders: int = 0) -> None:
+    rec = status.capital[venue]
+    rec["free"], rec["locked"], rec["total"], rec["realized_pnl"] = free, locked, total, realized
+    rec["open_orders"] = open_orders
+
+
 def _vi(cfg: Config, name: str) -> int:
     return cfg.venue_names.index(name)
 
@@ -173,8 +180,8 @@ def test_positions_are_netted_per_asset_and_capital_summed(
     status.positions[_vi(cfg, "okx"), btc] = (-0.1, 60010.0)
     status.positions[_vi(cfg, "bybit"), eth] = (2.0, 3000.0)
     status.positions[_vi(cfg, "gate"), eth] = (-0.5, 3001.0)
-    status.capital[_vi(cfg, "okx")] = (9000.0, 1000.0, 10000.0, 1.25)
-    status.capital[_vi(cfg, "bybit")] = (5000.0, 0.0, 5000.0, -0.5)
+    _set_capital(status, _vi(cfg, "okx"), 9000.0, 1000.0, 10000.0, 1.25)
+    _set_capital(status, _vi(cfg, "bybit"), 5000.0, 0.0, 5000.0, -0.5)
     m = snapshot(status, board, cfg, None, now_ns())
     assert {(p.venue, p.symbol, p.qty) for p in m.positions} == {
         ("binanceusdm", "BTC-PERP", 0.1), ("okx", "BTC-PERP", -0.1), ("bybit", "ETH-PERP", 2.0),
@@ -237,7 +244,7 @@ def _screen_text(view: MonitorView, size: tuple[int, int]) -> str:
 def test_view_renders_at_80x24_and_flows_wider(cfg: Config, segs: tuple[QuoteBoard, StatusBoard]) -> None:
     board, status = segs
     _btc_market(cfg, board, status)
-    status.capital[0] = (1000.0, 0.0, 1000.0, 2.5)
+    _set_capital(status, 0, 1000.0, 0.0, 1000.0, 2.5)
     m = snapshot(status, board, cfg, None, now_ns(), run_id="r1")
     view = MonitorView()
     view.update(m)
@@ -410,3 +417,19 @@ def test_the_monitor_rings_the_bell_for_alert_events(tmp_path: Path) -> None:
         c.close()
         pub.close(0)
         ctx.term()
+
+
+def test_recent_fills_and_open_orders_are_shown(segs: tuple[QuoteBoard, StatusBoard], cfg: Config) -> None:
+    board, status = segs
+    _btc_market(cfg, board, status)
+    _set_capital(status, 0, 1000.0, 0.0, 1000.0, 0.0, open_orders=2)
+    status.push_fill(ts_ns=now_ns(), trade_id=7, symbol=0, venue=1, side=2, qty=0.016, price=60300.0, fee=0.48)
+    m = snapshot(status, board, cfg, None, now_ns())
+    (f,) = m.fills
+    assert (f.trade_id, f.venue, f.symbol, f.side, f.qty, f.price, f.fee) == (
+        7, cfg.venue_names[1], "BTC-PERP", "sell", 0.016, 60300.0, 0.48)
+    assert m.capital[0].open_orders == 2
+    view = MonitorView()
+    view.update(m, "")
+    text = "".join(w.text for w in view.sections)
+    assert "FILLS" in text and "60300" in text

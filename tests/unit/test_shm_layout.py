@@ -37,7 +37,7 @@ def test_record_sizes_and_versions() -> None:
     assert GLOBAL_DTYPE.itemsize == 64
     assert PROC_DTYPE.itemsize == 112
     assert FEED_DTYPE.itemsize == 80
-    assert (BOARD_LAYOUT_VERSION, STATUS_LAYOUT_VERSION) == (1, 3)
+    assert (BOARD_LAYOUT_VERSION, STATUS_LAYOUT_VERSION) == (1, 4)
 
 
 def test_board_offsets_are_cache_aligned() -> None:
