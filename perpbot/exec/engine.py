@@ -65,15 +65,14 @@ from perpbot.exec.venues.base import (
 from perpbot.messages import Opportunity
 from perpbot.metrics import LocalHistogram
 from perpbot.shm.board import QuoteBoard
-from perpbot.shm.layout import N_COUNTERS, ExecCounter, Hop
+from perpbot.shm.layout import N_COUNTERS, ExecCounter, Hop, TradeRingState
 from perpbot.shm.status import StatusBoard
 
 _ZERO = Decimal(0)
 _MS = 1_000_000
 
-#: trade ring record states (status segment, TRADE_RECORD_DTYPE.state)
-RING_OPEN = 1
-RING_CLOSED = 2
+RING_OPEN = TradeRingState.OPEN
+RING_CLOSED = TradeRingState.CLOSED
 
 _HOPS = (Hop.DETECT_TO_EXEC, Hop.EXEC_TO_DECIDE, Hop.DECIDE_TO_DISPATCH, Hop.TICK_TO_ORDER)
 

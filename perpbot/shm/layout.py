@@ -121,6 +121,13 @@ class ProcError(enum.IntEnum):
     POSITION_MISMATCH = 3  # exec: the venue's positions disagree with the journal
 
 
+class TradeRingState(enum.IntEnum):
+    """`state` of a record in the status segment's trade ring."""
+
+    OPEN = 1
+    CLOSED = 2
+
+
 class ScannerCounter(enum.IntEnum):
     PASSES = 0
     CHANGES = 1

@@ -1,0 +1,5 @@
+import sys
+
+from perpbot.monitor import main
+
+sys.exit(main())
