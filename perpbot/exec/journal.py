@@ -26,7 +26,7 @@ Schema (version 1)::
            entry_edge_bps REAL,       -- net of both taker fees, at decision
            realized_pnl TEXT,         -- all fills of the trade, all fees included
            fees TEXT, opp_id INTEGER, run_id TEXT,
-           close_reason TEXT,         -- take_profit | max_hold | unwind | open_failed | flatten
+           close_reason TEXT,         -- take_profit | max_hold | unwind | open_failed | flatten | recovered
            wall_open REAL, wall_close REAL)
 
     orders(client_order_id TEXT PRIMARY KEY,   -- <run_id>-<trade_id>-<purpose>-<leg>[-<attempt>]

@@ -6,6 +6,8 @@ Waits are deadline-bounded polls on observable state, never fixed timings.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import signal
@@ -317,6 +319,24 @@ def test_flatten_reload_risk_and_kill_with_flatten(run_env: dict[str, Any], tmp_
     for venue, symbol, side, qty in _query(db, "SELECT venue, symbol, side, qty FROM fills"):
         net[(venue, symbol)] = net.get((venue, symbol), Decimal(0)) + (Decimal(qty) if side == "buy" else -Decimal(qty))
     assert all(v == 0 for v in net.values()), net
+
+    # the CSV export carries every trade and fill exactly as journaled
+    csv_path = tmp_path / "trades.csv"
+    r = subprocess.run([sys.executable, "-m", "perpbot.exec.export", str(db), "--out", str(csv_path)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    journaled = _query(db, "SELECT trade_id, realized_pnl, state FROM trades ORDER BY trade_id")
+    assert [(int(x["trade_id"]), x["realized_pnl"], x["state"]) for x in rows] == journaled
+    assert all(x["closed_utc"].endswith("+00:00") for x in rows if x["state"] == "closed")
+    fills_out = subprocess.run([sys.executable, "-m", "perpbot.exec.export", str(db), "--fills"],
+                               capture_output=True, text=True, timeout=60, check=True).stdout
+    fill_rows = list(csv.DictReader(io.StringIO(fills_out)))
+    assert sorted(x["fill_id"] for x in fill_rows) == sorted(r[0] for r in _query(db, "SELECT fill_id FROM fills"))
+    bad = subprocess.run([sys.executable, "-m", "perpbot.exec.export", str(tmp_path / "missing.sqlite")],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "no journal" in bad.stderr
 
 
 def test_ctrl_c_to_the_process_group_stops_everything_cleanly(run_env: dict[str, Any], tmp_path: Path) -> None:
