@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from fuzz import mutate_bytes, mutate_json
 from kit import DATA
 
 from perpbot.feeds.bybit import SPEC, SUBSCRIBE_BATCH, is_pong, make_parser, subscribe
@@ -301,54 +302,6 @@ def test_binary_frames_are_refused() -> None:
 
 # -- fuzz ---------------------------------------------------------------------------------------
 
-_WRONG: list[Any] = [None, True, 0, -1, 1.5, 1e308, 2**63 - 1, "", "x", "NaN", "Infinity", "-Infinity", "-1", "0",
-          "1e999", "99999999999999999999999999", [], [[]], [["1"]], {}, {"a": 1}]
-
-
-def _paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [path]
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out.extend(_paths(v, (*path, k)))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            out.extend(_paths(v, (*path, i)))
-    return out
-
-
-def _mutate_json(rng: random.Random, msg: Any) -> bytes:
-    msg = json.loads(json.dumps(msg))
-    paths = [p for p in _paths(msg) if p]
-    if not paths:
-        return raw(rng.choice(_WRONG))
-    p = rng.choice(paths)
-    parent = msg
-    for k in p[:-1]:
-        parent = parent[k]
-    if isinstance(parent, dict) and rng.random() < 0.3:
-        del parent[p[-1]]
-    else:
-        parent[p[-1]] = rng.choice(_WRONG)
-    return raw(msg)
-
-
-def _mutate_bytes(rng: random.Random, frame: bytes) -> bytes:
-    kind = rng.randrange(6)
-    if kind == 0:
-        return frame[: rng.randrange(len(frame) + 1)]
-    if kind == 1:
-        b = bytearray(frame)
-        for _ in range(rng.randint(1, 4)):
-            b[rng.randrange(len(b))] = rng.randrange(256)
-        return bytes(b)
-    if kind == 2:
-        return bytes(rng.randrange(256) for _ in range(rng.randrange(80)))
-    if kind == 3:
-        return frame.replace(b'"', b"", rng.randint(1, 3))
-    if kind == 4:
-        return frame.replace(b"1", rng.choice([b"9", b"-", b"e9", b"."]), rng.randint(1, 3))
-    return frame + frame[: rng.randrange(len(frame) + 1)]
-
 
 def _seed_messages() -> list[Any]:
     msgs: list[Any] = []
@@ -376,9 +329,9 @@ def test_fuzzed_frames_raise_only_parse_errors_and_yield_only_valid_quotes() -> 
         msg = seeds[i % len(seeds)]
         r = rng.random()
         if r < 0.5:
-            frame = _mutate_json(rng, msg)
+            frame = mutate_json(rng, msg)
         elif r < 0.9:
-            frame = _mutate_bytes(rng, raw(msg))
+            frame = mutate_bytes(rng, raw(msg))
         else:
             frame = raw(msg)  # intact frames keep books alive so deltas get exercised
         try:

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from fuzz import json_paths
 from kit import DATA, make_config
 
 from perpbot.feeds.extended import SPEC, ExtendedParser, connections, make_parser, subscribe
@@ -296,24 +297,13 @@ BAD_VALUES: list[Any] = [None, True, [], {}, "", "x", "NaN", "Infinity", "-Infin
                          "DELTA", "SNAPSHOT"]
 
 
-def _paths(obj: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [path]
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.extend(_paths(v, (*path, k)))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            out.extend(_paths(v, (*path, i)))
-    return out
-
-
 def _structural(rng: random.Random, raw: bytes) -> bytes:
     """A JSON-level mutation: a wrong type or value at any path, a deleted key, or bid and ask swapped."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return raw
-    paths = [p for p in _paths(obj) if p]
+    paths = [p for p in json_paths(obj) if p]
     if not paths:
         return raw
     op = rng.randrange(5)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
+from fuzz import mutate_frame
 from kit import DATA, make_config
 
 from perpbot.feeds.gate import MAX_CONTRACTS_PER_REQUEST, SPEC, make_parser, subscribe
@@ -291,12 +290,7 @@ WEIRD: list[Any] = [
 ]
 
 
-def _slots(node: Any) -> Iterator[tuple[Any, Any]]:
-    """Every (container, key) in a JSON tree."""
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for k, v in items:
-        yield node, k
-        yield from _slots(v)
+
 
 
 def _crossed(msg: Any) -> None:
@@ -307,42 +301,10 @@ def _crossed(msg: Any) -> None:
 
 def mutate(rng: random.Random, frame: bytes) -> tuple[bytes, bool]:
     """One mutated frame and whether it arrives as binary."""
-    kind = rng.randrange(10)
-    if kind == 0:
-        return frame[: rng.randrange(len(frame) + 1)], False
-    if kind == 1:
-        b = bytearray(frame)
-        for _ in range(rng.randint(1, 4)):
-            if b:
-                b[rng.randrange(len(b))] = rng.randrange(256)
-        return bytes(b), False
-    if kind == 2:
-        return bytes(rng.randrange(256) for _ in range(rng.randrange(80))), rng.random() < 0.5
-    try:
-        msg = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        return frame[::-1], False
-    slots = list(_slots(msg))
-    if kind in (3, 4, 5) and slots:
-        for _ in range(1 if kind == 3 else rng.randint(2, 4)):
-            node, key = rng.choice(slots)
-            node[key] = copy.deepcopy(rng.choice(WEIRD))  # a shared [] would tie the tree in a loop
-            slots = list(_slots(msg))
-    elif kind == 6 and slots:
-        node, key = rng.choice(slots)
-        del node[key]
-    elif kind == 7:
-        _crossed(msg)
-    elif kind == 8:
-        for node, key in slots:  # negative sizes and prices
-            v = node[key]
-            if isinstance(v, int) and not isinstance(v, bool) and rng.random() < 0.3:
-                node[key] = -v
-            elif isinstance(v, str) and v[:1].isdigit() and rng.random() < 0.3:
-                node[key] = "-" + v
-    else:
-        msg = copy.deepcopy(rng.choice(WEIRD))
-    return json.dumps(msg).encode(), False  # stdlib json writes NaN, Infinity and huge ints
+    return mutate_frame(rng, frame, WEIRD, _crossed)
+
+
+
 
 
 def sim_frames() -> list[bytes]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from fuzz import json_paths
 from kit import DATA, make_config
 
 from perpbot.feeds.hyperliquid import GREETING, SPEC, is_pong, make_parser, subscribe
@@ -195,24 +196,13 @@ BAD_VALUES: list[Any] = [None, True, [], {}, "", "x", "NaN", "Infinity", "-Infin
                          1e308, -1e308, 2**64 - 1, "1e400", "99999999999999999999999", 1.5, [1, 2], {"px": "1"}]
 
 
-def _paths(obj: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [path]
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.extend(_paths(v, (*path, k)))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            out.extend(_paths(v, (*path, i)))
-    return out
-
-
 def _structural(rng: random.Random, frame: bytes) -> bytes:
     """A JSON-level mutation: a wrong type or value at any path, a deleted key, or swapped sides."""
     try:
         obj = orjson.loads(frame)
     except orjson.JSONDecodeError:
         return frame
-    paths = [p for p in _paths(obj) if p]
+    paths = [p for p in json_paths(obj) if p]
     if not paths:
         return frame
     path = rng.choice(paths)
