@@ -27,8 +27,10 @@ NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 Bps = Annotated[float, msgspec.Meta(ge=0, le=1000)]
 
 Mode = Literal["demo", "replay", "paper", "readonly", "live"]
+EntryMode = Literal["taker", "maker_first"]
+MakerVenue = Literal["slower", "buy", "sell"]
 #: Modes whose whole path exists in this build; the others are refused at start-up.
-AVAILABLE_MODES: tuple[str, ...] = ("demo", "paper", "replay")
+AVAILABLE_MODES: tuple[str, ...] = ("demo", "paper", "replay", "readonly", "live")
 PollPolicy = Literal["spin", "hybrid", "sleep"]
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
@@ -50,6 +52,21 @@ class SymbolConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     min_notional_usd: NonNegFloat = 5.0
 
 
+class RateLimitConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """At most `limit` requests (or orders) in any `window_ms` milliseconds.
+
+    The values are checked by perpbot.exec.ratelimit.validate_rate_limits, whose
+    errors name the entry (`$.venues.<name>.rate_limits[<i>].<key>`).
+    """
+
+    #: how many, a positive whole number
+    limit: Any = None
+    #: the sliding window, ms, a positive whole number
+    window_ms: Any = None
+    #: requests (every call, or its weight) or orders (order placements and amendments)
+    kind: Any = None
+
+
 class VenueConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One venue: which feed protocol it speaks, its fees and its symbol names."""
 
@@ -66,13 +83,21 @@ class VenueConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True
     contract_sizes: dict[str, PosFloat] = {}
     #: websocket URL override; None means the feed spec's public URL (or the demo market's)
     url: str | None = None
-    #: ccxt feeds only: markets (unified symbol -> ccxt market) preset from this JSON file instead
-    #: of loading them from the venue at start-up
+    #: ccxt feeds, and the ccxt trading venues of modes readonly and live: markets (unified symbol ->
+    #: ccxt market) preset from this JSON file instead of loading them from the venue at start-up
     ccxt_markets_file: str | None = None
+    #: modes readonly and live: the ccxt exchange id that trades this venue; None: the native feed's
+    #: name (feeds are named after their ccxt ids) or the <id> of a ccxt:<id> feed
+    ccxt_id: str | None = None
     #: NAME of the environment variable holding the API key (never the key itself)
     api_key_env: str | None = None
     #: NAME of the environment variable holding the API secret (never the secret itself)
     api_secret_env: str | None = None
+    #: this venue's rate limits, replacing the published ones built in for its feed's exchange
+    #: (perpbot/exec/ratelimit.py): a list of {limit, window_ms, kind}, each "at most `limit` in any
+    #: `window_ms` ms" of kind requests (every call, or its weight) or orders (placements and
+    #: amendments), limit and window_ms positive whole numbers; null keeps the built-in ones
+    rate_limits: list[RateLimitConfig] | None = None
 
 
 class RunConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -146,6 +171,40 @@ class ExecConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True)
     max_hold_ms: PosInt = 2000
     #: how often open trades are checked against the board
     check_interval_ms: PosInt = 5
+    #: taker: both legs taker IOC at once; maker_first: a post-only order on one venue
+    #: (`maker_venue`), then the other leg taker once it fills, taker-taker if it does not
+    entry_mode: EntryMode = "taker"
+    #: maker_first: which venue rests the maker leg; `slower` is the one with the slower
+    #: measured order round trip (its quote is the one more likely to have moved)
+    maker_venue: MakerVenue = "slower"
+    #: maker_first: how long the maker leg may rest before it is cancelled
+    maker_timeout_ms: PosInt = 200
+    #: a taker order still resting this long after it was sent is cancelled
+    order_timeout_ms: PosInt = 1000
+    #: sends of one order when its outcome is unknown (same client order id every time)
+    retry_attempts: PosInt = 3
+    #: wait before the 2nd send; doubles for each further one
+    retry_backoff_ms: PosFloat = 20.0
+    #: how often a resting order is asked for its state
+    order_poll_ms: PosFloat = 2.0
+    #: a leg that filled less than its partner must be hedged or unwound within this
+    legging_deadline_ms: PosInt = 2000
+    #: hedge a leg that filled nothing on the next-best venue when its own venue fails
+    hedge_next_best_venue: bool = True
+    #: add the funding both legs expect to pay or receive over `max_hold_ms` to the entry edge
+    funding_aware: bool = True
+    #: how often funding rates and booked funding payments are read from the venues
+    funding_refresh_s: PosFloat = 60.0
+    #: how often positions are compared with what the venues report (a mismatch pauses the symbol)
+    reconcile_interval_ms: PosInt = 5000
+    #: percent of every venue rate-limit window new entries may not use, kept for hedges, unwinds,
+    #: closes and cancels (0..90)
+    hedge_headroom_pct: Annotated[float, msgspec.Meta(ge=0, le=90)] = 20.0
+    #: how often each venue's clock offset is measured again
+    clock_sync_interval_s: PosFloat = 60.0
+    #: warn when a venue's clock is further than this from ours (signed requests carry our timestamp,
+    #: and venues refuse ones outside their receive window, about 5 s)
+    max_clock_offset_ms: PosInt = 1000
 
 
 class RiskConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -153,13 +212,43 @@ class RiskConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True)
 
     #: the largest notional one trade may open, USD
     max_notional_per_trade_usd: PosFloat = 5000.0
-    #: absolute position per venue and symbol, in USD notional at the order price
+    #: absolute position per venue and symbol after the order, USD notional at the board mid (at
+    #: the order's price where the board has none); checked for opening and hedging orders
     max_position_notional_usd: PosFloat = 20000.0
     #: at most this many trades open at once
     max_open_trades: PosInt = 4
     #: realized loss (after fees) since 00:00 UTC in this run's journal at which no new position is
     #: opened and trading turns REDUCE_ONLY (closing continues); None: no daily limit
     max_daily_loss_usd: PosFloat | None = None
+    #: sum over all venues and symbols of the absolute position x board mid after the orders, USD;
+    #: opening and hedging orders that would exceed it are refused (exits never are)
+    max_gross_exposure_usd: PosFloat = 100000.0
+    #: per venue: sum over its symbols of the absolute position x board mid after the orders, USD;
+    #: at least max_position_notional_usd and at most max_gross_exposure_usd
+    max_venue_notional_usd: PosFloat = 50000.0
+    #: per venue: our resting orders plus the orders of the decision being checked
+    max_open_orders_per_venue: PosInt = 20
+    #: per venue: free margin left after an opening order's margin (notional / leverage) must stay
+    #: at or above this, USD; unknown free margin refuses openings on that venue
+    min_margin_headroom_usd: NonNegFloat = 0.0
+    #: per symbol: the absolute net position summed over venues x board mid after an opening
+    #: decision, USD
+    max_symbol_net_exposure_usd: PosFloat = 5000.0
+    #: an opening or hedging order's limit price (or, for a market order, the quote it was priced
+    #: from) must be within this many bps of its venue's board mid; exits are never band-checked
+    price_band_bps: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 50.0
+
+    def __post_init__(self) -> None:
+        if self.max_venue_notional_usd < self.max_position_notional_usd:
+            raise ValueError(
+                f"max_venue_notional_usd ({self.max_venue_notional_usd:g}) must be >= "
+                f"max_position_notional_usd ({self.max_position_notional_usd:g})"
+            )
+        if self.max_gross_exposure_usd < self.max_venue_notional_usd:
+            raise ValueError(
+                f"max_gross_exposure_usd ({self.max_gross_exposure_usd:g}) must be >= "
+                f"max_venue_notional_usd ({self.max_venue_notional_usd:g})"
+            )
 
 
 class DemoVenueConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -219,11 +308,121 @@ class ReplayConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     venue: str | None = None
 
 
+#: a probability, 0..1
+Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
+#: funding intervals venues use, hours
+FundingIntervalH = Literal[1, 4, 8]
+#: funding per interval, bps of notional (bounded to catch a rate typed as a percentage)
+FundingBps = Annotated[float, msgspec.Meta(ge=-1000, le=1000)]
+
+
+class PaperVenueOverride(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One paper venue's own simulation settings; an absent key keeps the `paper` section's value."""
+
+    #: round trip delay of every call to this venue, ms; None: $.paper.latency_ms
+    latency_ms: NonNegFloat | None = None
+    #: share of this venue's orders refused at random; None: $.paper.reject_rate
+    reject_rate: Probability | None = None
+    #: this venue's funding per interval, bps; None: $.paper.funding_rate_bps
+    funding_rate_bps: FundingBps | None = None
+    #: this venue's funding interval, hours; None: $.paper.funding_interval_h
+    funding_interval_h: FundingIntervalH | None = None
+
+
+class PaperConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The simulated venue every order goes to in demo, replay and paper mode.
+
+    The defaults are an ideal venue: no latency, no faults, no slippage, fills at
+    the top of book. Fault rates are drawn from a generator seeded with `seed` and
+    the venue's name, so a run with the same orders sees the same faults.
+    """
+
+    #: round trip delay of every venue call (order, cancel, fetch), ms: half before the venue
+    #: acts on the request, half before the answer arrives
+    latency_ms: NonNegFloat = 0.0
+    #: a uniformly random extra delay of up to this much per call, ms
+    latency_jitter_ms: NonNegFloat = 0.0
+    #: size-based slippage: a taker fill's price is worse than the top of book by this many bps
+    #: per 10,000 USD of the fill's notional (never beyond the order's limit)
+    slippage_bps_per_10k_usd: NonNegFloat = 0.0
+    #: share of orders refused (REJECTED)
+    reject_rate: Probability = 0.0
+    #: share of orders that fill only a random fraction of their quantity
+    partial_fill_rate: Probability = 0.0
+    #: share of orders accepted but never filled (they stay open until cancelled)
+    never_fill_rate: Probability = 0.0
+    #: share of orders whose answer times out (half of them executed by the venue regardless)
+    timeout_rate: Probability = 0.0
+    #: share of orders that rest unfilled and then fill completely when their cancel arrives
+    late_fill_rate: Probability = 0.0
+    #: seed of the random faults and latency jitter
+    seed: int = 1
+    #: starting balance of every paper venue, USD
+    initial_balance_usd: NonNegFloat = 100000.0
+    #: margin locked = (absolute position notional at the mark + resting orders' notional) / leverage
+    leverage: PosFloat = 5.0
+    #: funding per interval, bps of position notional at the mark; positive: longs pay shorts
+    funding_rate_bps: FundingBps = 0.0
+    #: hours between funding payments (at whole multiples of the interval in epoch time)
+    funding_interval_h: FundingIntervalH = 8
+    #: added to the venue's clock (server_time_ms), ms; positive: the venue is ahead
+    server_time_skew_ms: int = 0
+    #: how often resting orders are matched against the board while any rest, ms
+    rest_poll_ms: PosFloat = 1.0
+    #: per-venue overrides, by venue name (a key of $.venues)
+    venues: dict[str, PaperVenueOverride] = {}
+
+
+class CapitalConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Capital pools: how each venue's equity is split, and the leverage that sets a leg's margin."""
+
+    #: percent of each venue's equity for the volume pool (hedged volume generation)
+    volume_pct: NonNegFloat = 0.0
+    #: percent of each venue's equity for the arbitrage pool (the trades the scanner finds)
+    arbitrage_pct: NonNegFloat = 80.0
+    #: percent of each venue's equity kept as the reserve, never reserved for a trade; the three
+    #: percentages sum to exactly 100
+    reserve_pct: NonNegFloat = 20.0
+    #: margin a leg needs = its notional / leverage
+    leverage: PosFloat = 5.0
+    #: leverage per venue (a $.venues key), overriding `leverage` there
+    leverage_per_venue: dict[str, PosFloat] = {}
+    #: how often venue balances are fetched (they are also fetched after fills)
+    snapshot_interval_ms: PosInt = 5000
+    #: a venue's balance request is abandoned after this long; its last equity is kept, flagged stale
+    balance_timeout_ms: PosInt = 2000
+    #: assets whose `total` counts 1:1 as USD equity (stablecoins); other assets are ignored
+    quote_assets: tuple[str, ...] = ("USD", "USDT", "USDC")
+
+
+def _validate_capital(cfg: Config) -> None:
+    """The pools split all of the equity, exactly; leverage overrides name known venues."""
+    c = cfg.capital
+    # compared as decimals of the values as written, so 33.3 + 33.3 + 33.4 is exactly 100
+    pcts = [Decimal(str(p)) for p in (c.volume_pct, c.arbitrage_pct, c.reserve_pct)]
+    if sum(pcts) != 100:
+        raise ConfigError("$.capital", "volume_pct + arbitrage_pct + reserve_pct must sum to exactly 100; got "
+                                       f"{pcts[0]} + {pcts[1]} + {pcts[2]} = {sum(pcts)}")
+    if not Decimal(str(c.leverage)).is_finite():
+        raise ConfigError("$.capital.leverage", "must be a finite positive number")
+    for vname, lev in c.leverage_per_venue.items():
+        if vname not in cfg.venues:
+            raise ConfigError(f"$.capital.leverage_per_venue.{vname}",
+                              f"unknown venue; allowed: {', '.join(cfg.venues)}")
+        if not Decimal(str(lev)).is_finite():
+            raise ConfigError(f"$.capital.leverage_per_venue.{vname}", "must be a finite positive number")
+    if not c.quote_assets:
+        raise ConfigError("$.capital.quote_assets", "at least one asset is needed to count equity")
+    for i, asset in enumerate(c.quote_assets):
+        if not re.match(r"^[A-Z0-9]{2,12}$", asset):
+            raise ConfigError(f"$.capital.quote_assets[{i}]", f"asset codes are 2-12 of A-Z, 0-9; got {asset!r}")
+
+
 class Config(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     symbols: dict[str, SymbolConfig]
     venues: dict[str, VenueConfig]
-    #: demo (built-in market), replay (a recording), paper (real feeds, paper fills); readonly and
-    #: live are refused until they exist
+    #: demo (built-in market), replay (a recording), paper (real feeds, paper fills), readonly (real
+    #: feeds and account reads, no order sent), live (real orders; perpbot-launch needs --confirm-live)
     mode: Mode = "demo"
     run: RunConfig = RunConfig()
     feed: FeedConfig = FeedConfig()
@@ -235,6 +434,10 @@ class Config(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     replay: ReplayConfig | None = None
     #: where alerts go (log, webhook, terminal bell) and how floods are held back
     alerts: AlertsConfig = AlertsConfig()
+    #: capital pools per venue (volume, arbitrage, reserve) and the leverage margin is computed with
+    capital: CapitalConfig = CapitalConfig()
+    #: the simulated venue (latency, faults, funding, margin) behind demo, replay and paper mode
+    paper: PaperConfig = PaperConfig()
 
     @property
     def venue_names(self) -> tuple[str, ...]:
@@ -374,6 +577,7 @@ def _literal_values(typ: Any) -> tuple[str, ...]:
 
 def _validate(cfg: Config) -> None:
     """Cross-field checks msgspec cannot express."""
+    from perpbot.exec.ratelimit import validate_rate_limits
     from perpbot.feeds.ccxt_generic import is_ccxt_feed
     from perpbot.feeds.registry import FEEDS
 
@@ -407,8 +611,10 @@ def _validate(cfg: Config) -> None:
         if ccxt_id is not None and cfg.mode in ("demo", "replay"):
             raise ConfigError(f"{base}.feed", f"a ccxt.pro feed reads a real venue; mode {cfg.mode!r} serves only "
                               f"native protocols ({', '.join(sorted(FEEDS))}); use mode paper")
-        if v.ccxt_markets_file is not None and ccxt_id is None:
-            raise ConfigError(f"{base}.ccxt_markets_file", "only for a ccxt:<id> feed")
+        if v.ccxt_markets_file is not None and ccxt_id is None and cfg.mode not in ("readonly", "live"):
+            raise ConfigError(f"{base}.ccxt_markets_file", "only for a ccxt:<id> feed, or modes readonly and live")
+        if v.ccxt_id is not None or cfg.mode in ("readonly", "live"):
+            _validate_ccxt_venue(cfg, vname, v)
         if not v.symbols:
             raise ConfigError(f"{base}.symbols", "at least one symbol is required")
         for sym in v.symbols:
@@ -433,6 +639,8 @@ def _validate(cfg: Config) -> None:
         if v.url is not None and not re.match(r"^wss?://", v.url):
             raise ConfigError(f"{base}.url", "must start with ws:// or wss://")
     validate_alerts(cfg.alerts)
+    validate_rate_limits(cfg)
+    _validate_capital(cfg)
     if cfg.run.control_tcp is not None:
         if not re.match(r"^tcp://[^:]+:\d+$", cfg.run.control_tcp):
             raise ConfigError("$.run.control_tcp", "must look like tcp://HOST:PORT")
@@ -467,10 +675,33 @@ def _validate(cfg: Config) -> None:
                 )
         if cfg.demo.dislocation_max_ms < cfg.demo.dislocation_min_ms:
             raise ConfigError("$.demo.dislocation_max_ms", "must be >= $.demo.dislocation_min_ms")
+    for vname in cfg.paper.venues:
+        if vname not in cfg.venues:
+            raise ConfigError(f"$.paper.venues.{vname}", f"unknown venue; allowed: {', '.join(cfg.venues)}")
     if cfg.replay is not None and cfg.replay.venue is not None and cfg.replay.venue not in cfg.venues:
         raise ConfigError("$.replay.venue", f"unknown venue; allowed: {', '.join(cfg.venues)}")
     if cfg.mode == "replay":
         _validate_replay(cfg)
+
+
+def _validate_ccxt_venue(cfg: Config, vname: str, v: VenueConfig) -> None:
+    """The venue maps to a ccxt id we trade through; in live mode its credential variables are named."""
+    # imported here: ccxt is only needed when a venue trades through it
+    from perpbot.exec.venues.ccxt_venue import CREDENTIAL_CONFIG_KEYS, QUIRKS, ccxt_id_of
+
+    base = f"$.venues.{vname}"
+    ccxt_id = ccxt_id_of(v.ccxt_id, v.feed)
+    if ccxt_id not in QUIRKS:
+        how = "" if v.ccxt_id is not None else f" (taken from feed {v.feed!r}; set ccxt_id)"
+        raise ConfigError(f"{base}.ccxt_id", f"no ccxt trading venue {ccxt_id!r}{how}; "
+                                             f"allowed: {', '.join(sorted(QUIRKS))}")
+    if cfg.mode != "live":
+        return
+    for field in QUIRKS[ccxt_id].credentials:
+        key = CREDENTIAL_CONFIG_KEYS[field]
+        if getattr(v, key) is None:
+            raise ConfigError(f"{base}.{key}", f"mode live trades with {ccxt_id} credentials: name the "
+                                               f"environment variable holding its {field}")
 
 
 def _validate_replay(cfg: Config) -> None:

@@ -12,7 +12,9 @@ POSITION_UPDATED {exchange: {symbol: position}}
 HEARTBEAT {component_name, status, ts}
 
 Added here: LEGGING {symbol, exchange, action, detail} when a trade's legs disagree
-(`action`: unwind or naked_leg), which the launcher turns into an alert.
+(`action`: unwind, hedge, naked_leg, ...), which the launcher turns into an alert;
+POSITION_MISMATCH {exchange, symbol, expected, actual} when the periodic reconciliation
+finds the venue holding something else (the symbol is paused).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "DAILY_LOSS_LIMIT": ("realized_pnl", "limit"),
     # added: an alert the launcher raised, for a bell sink (the monitor rings the terminal bell)
     "ALERT": ("kind", "message"),
+    # added: exec's position differs from the venue's; the symbol is paused until they agree
+    "POSITION_MISMATCH": ("exchange", "symbol", "expected", "actual"),
 }
 
 
@@ -59,6 +63,7 @@ class EventType(str, enum.Enum):
     LEGGING = "LEGGING"
     DAILY_LOSS_LIMIT = "DAILY_LOSS_LIMIT"
     ALERT = "ALERT"
+    POSITION_MISMATCH = "POSITION_MISMATCH"
 
     @property
     def topic(self) -> bytes:

@@ -1,6 +1,6 @@
 """perpbot-launch: create a run's segments and sockets, start every process, stop them all.
 
-    perpbot-launch --config config.yaml [--duration SECONDS]
+    perpbot-launch --config config.yaml [--duration SECONDS] [--confirm-live]
 
 Start order: loopback market (demo and replay modes), exec (binds the opportunity socket),
 feeds, scanner; each must report RUNNING in the status segment before the next
@@ -596,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--monitor", action="store_true",
                    help="open the terminal monitor once everything runs (q closes it, the run goes on); "
                         "without a terminal, summary lines are printed instead")
+    p.add_argument("--confirm-live", action="store_true",
+                   help="mode live only: confirm that this run trades real money")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
@@ -606,6 +608,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration is not None and args.duration <= 0:
         print("perpbot-launch: --duration must be a positive number of seconds", file=sys.stderr)
         return 2
+    if cfg.mode == "live":
+        # before anything exists: no segment, no directory, no process
+        from perpbot.exec.venues.registry import live_start_refusal
+
+        refusal = live_start_refusal(cfg, confirmed=args.confirm_live)
+        if refusal is not None:
+            print(f"perpbot-launch: {refusal}", file=sys.stderr)
+            return 2
     duration = args.duration if args.duration is not None else cfg.run.duration_s
     launcher = Launcher(cfg, args.config)
 

@@ -58,6 +58,12 @@ class RunContext:
     def journal_path(self) -> Path:
         return self.data_dir / "journal.sqlite"
 
+    @property
+    def paper_dir(self) -> Path:
+        """The paper venues' own account records (`<venue>.jsonl`): they outlive exec, as a real
+        venue's do."""
+        return self.data_dir / "paper"
+
 
 def default_run_root() -> Path:
     """Per-user directory for run directories (sockets): never shared with other users."""

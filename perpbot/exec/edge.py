@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from perpbot.exec.venues.base import FundingRate
 from perpbot.scanner.edge import net_edge_bps as scanner_edge_bps
 
 _BPS = Decimal(10_000)
@@ -57,3 +58,20 @@ def pnl_bps(pnl: Decimal, notional: Decimal) -> float:
     if not notional:
         return 0.0
     return float(pnl / notional * _BPS)
+
+
+def expected_funding_bps(buy: FundingRate | None, sell: FundingRate | None, hold_ms: int) -> float:
+    """Funding a long on the buy venue and a short on the sell venue expect over `hold_ms`.
+
+    In bps of notional, + = received. A positive rate is paid by longs to
+    shorts, once per the venue's interval (1 h and 8 h venues differ by 8x per
+    payment, which is why the interval is part of the rate). Prorated over the
+    holding time: an estimate for the entry threshold, not a booking (bookings
+    come from the venue, `Venue.funding_payments`). Unknown rates count as 0.
+    """
+    bps = 0.0
+    if buy is not None and buy.interval_ms > 0:
+        bps -= float(buy.rate) * hold_ms / buy.interval_ms
+    if sell is not None and sell.interval_ms > 0:
+        bps += float(sell.rate) * hold_ms / sell.interval_ms
+    return bps * 1e4

@@ -14,7 +14,7 @@ Decimals are stored as TEXT (exact); stamps are `perpbot.clock.now_ns`
 (monotonic, comparable with every stamp of the run) plus `wall_time` (epoch
 seconds) for humans.
 
-Schema (version 1)::
+Schema (version 2)::
 
     meta(key TEXT PRIMARY KEY, value TEXT)          -- schema_version, run_id
 
@@ -26,16 +26,18 @@ Schema (version 1)::
            entry_edge_bps REAL,       -- net of both taker fees, at decision
            realized_pnl TEXT,         -- all fills of the trade, all fees included
            fees TEXT, opp_id INTEGER, run_id TEXT,
-           close_reason TEXT,         -- take_profit | max_hold | unwind | open_failed | flatten | recovered
+           close_reason TEXT,         -- take_profit | max_hold | unwind | open_failed | flatten
+                                      --   | recovered | maker_unfilled
            wall_open REAL, wall_close REAL)
 
     orders(client_order_id TEXT PRIMARY KEY,   -- <run_id>-<trade_id>-<purpose>-<leg>[-<attempt>]
            trade_id INTEGER REFERENCES trades, opp_id INTEGER,
            venue TEXT, symbol TEXT, side TEXT,  -- buy | sell
            qty TEXT, price TEXT,                -- price: IOC limit, or the quote for a market order
-           purpose TEXT,                        -- open | close | unwind
+           purpose TEXT,                        -- open | close | unwind | hedge
            status TEXT,                         -- intent | filled | partial | expired | rejected
-                                                --   | not_sent (kill switch after intent) | error
+                                                --   | not_sent (kill switch after intent)
+                                                --   | unknown (sent, final state not established)
            order_type TEXT, reduce_only INTEGER,
            ts_decide_ns INTEGER, ts_dispatch_ns INTEGER, ts_done_ns INTEGER,
            wall_time REAL,                      -- when the intent was written
@@ -50,7 +52,14 @@ Schema (version 1)::
           symbol TEXT, buy_venue TEXT, sell_venue TEXT, detail TEXT, wall_time REAL)
 
     incidents(id INTEGER PRIMARY KEY, trade_id INTEGER, kind TEXT, detail TEXT,
-              ts_ns INTEGER, wall_time REAL)   -- unwinds, naked legs, venue errors
+              ts_ns INTEGER, wall_time REAL)   -- unwinds, hedges, naked legs, venue errors
+
+    funding(payment_id TEXT PRIMARY KEY,       -- the venue's id, prefixed with the venue
+            venue TEXT, symbol TEXT,
+            amount TEXT,                       -- USD, + received, - paid
+            ts_ms INTEGER,                     -- when the venue booked it (epoch ms)
+            trade_id INTEGER,                  -- the trade holding the leg, NULL if none
+            wall_time REAL)
 
 Write discipline: an order row is inserted (status `intent`) and committed
 BEFORE the order is sent, then updated with its result; fills are inserted
@@ -72,7 +81,7 @@ from perpbot.clock import now_ns
 from perpbot.errors import FatalError
 from perpbot.exec.venues.base import OrderResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -102,6 +111,9 @@ CREATE TABLE IF NOT EXISTS skips(
 CREATE TABLE IF NOT EXISTS incidents(
     id INTEGER PRIMARY KEY, trade_id INTEGER, kind TEXT NOT NULL, detail TEXT,
     ts_ns INTEGER, wall_time REAL);
+CREATE TABLE IF NOT EXISTS funding(
+    payment_id TEXT PRIMARY KEY, venue TEXT NOT NULL, symbol TEXT NOT NULL, amount TEXT NOT NULL,
+    ts_ms INTEGER, trade_id INTEGER, wall_time REAL);
 CREATE INDEX IF NOT EXISTS orders_by_trade ON orders(trade_id);
 CREATE INDEX IF NOT EXISTS fills_by_order ON fills(client_order_id);
 """
@@ -291,6 +303,25 @@ class Journal:
                     "UPDATE trades SET state=?, qty=?, realized_pnl=?, fees=? WHERE trade_id=?",
                     (state, str(qty), str(realized_pnl), str(fees), trade_id),
                 )
+
+    def update_trade_venues(self, trade_id: int, *, buy_venue: str, sell_venue: str) -> None:
+        """A leg moved to another venue (a hedge on the next-best venue)."""
+        with self._tx():
+            self._db.execute("UPDATE trades SET buy_venue=?, sell_venue=? WHERE trade_id=?",
+                             (buy_venue, sell_venue, trade_id))
+
+    # -- funding ----------------------------------------------------------------------
+
+    def funding_ids(self) -> set[str]:
+        """Payment ids already journaled (so a payment is booked once)."""
+        return {r[0] for r in self._db.execute("SELECT payment_id FROM funding")}
+
+    def record_funding(self, *, payment_id: str, venue: str, symbol: str, amount: Decimal,
+                       ts_ms: int, trade_id: int | None) -> None:
+        """One funding payment the venue booked on a position."""
+        with self._tx():
+            self._db.execute("INSERT INTO funding VALUES(?,?,?,?,?,?,?)",
+                             (payment_id, venue, symbol, str(amount), ts_ms, trade_id, self._wall()))
 
     # -- skips and incidents ------------------------------------------------------------
 

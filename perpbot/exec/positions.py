@@ -68,6 +68,11 @@ def apply_fill(pos: Position, side: Side, qty: Decimal, price: Decimal, fee: Dec
     return Position(q1, avg, realized, fees)
 
 
+def add_funding(pos: Position, amount: Decimal) -> Position:
+    """The position after the venue booked funding on it (`amount` > 0 received)."""
+    return Position(pos.qty, pos.avg_price, pos.realized_pnl + amount, pos.fees)
+
+
 def reduces(position_qty: Decimal, side: Side, qty: Decimal) -> bool:
     """True when an order only shrinks the net position (a valid reduce-only order)."""
     if position_qty == 0:
@@ -94,6 +99,11 @@ class PositionBook:
     def apply(self, venue: int, symbol: int, side: Side, qty: Decimal, price: Decimal,
               fee: Decimal) -> Position:
         pos = apply_fill(self.get(venue, symbol), side, qty, price, fee)
+        self._pos[(venue, symbol)] = pos
+        return pos
+
+    def add_funding(self, venue: int, symbol: int, amount: Decimal) -> Position:
+        pos = add_funding(self.get(venue, symbol), amount)
         self._pos[(venue, symbol)] = pos
         return pos
 

@@ -10,8 +10,9 @@ exec is reachable and holds every trade a previous exec of this run held).
 
 Recovery, on every start (a no-op on a fresh journal): rebuild open trades,
 positions and pending order intents from the journal (`recovery.recover`),
-seed each paper venue's ledger with its journaled fills (a real venue keeps
-its own), ask the venues about orders whose intent was journaled without a
+the paper venues reload their own account record (`paper/<venue>.jsonl` in
+the data directory, written before each of their answers, as a real venue
+keeps its own), ask the venues about orders whose intent was journaled without a
 result (never resend them), hand the result to `Engine.restore`, then
 compare the journal's positions with what each venue reports: a mismatch is
 fatal (exit 1, so the launcher's crash-loop limit halts trading) because
@@ -26,6 +27,10 @@ Loops, all on one uvloop event loop:
   (symbol, buy venue, sell venue), so a flood is worked off in one pass and
   never traded signal by signal; malformed messages are counted and dropped.
 - check: every `exec.check_interval_ms`, `Engine.check_open_trades()`.
+- periodic: capital snapshot (`capital.snapshot_interval_ms`), position
+  reconciliation (`exec.reconcile_interval_ms`; a mismatch pauses the
+  symbol), funding rates and payments (`exec.funding_refresh_s`) and the
+  clock offset to every venue (`exec.clock_sync_interval_s`).
 - housekeeping: every 200 ms heartbeat + counters + latency histograms into
   the status segment and a journal flush; once a second a HEARTBEAT event and
   a journal checkpoint in a worker thread (kept off the order path, see
@@ -62,8 +67,10 @@ import zmq.asyncio
 from perpbot import bus
 from perpbot.clock import now_ns
 from perpbot.config import RiskConfig
+from perpbot.exec.clock_offset import ClockSync
 from perpbot.exec.engine import Engine
 from perpbot.exec.journal import Journal
+from perpbot.exec.ratelimit import budgets_from_config
 from perpbot.exec.recovery import (
     RecoveredState,
     RecoveryError,
@@ -74,7 +81,6 @@ from perpbot.exec.recovery import (
 )
 from perpbot.exec.risk import Limits
 from perpbot.exec.venues.base import Venue
-from perpbot.exec.venues.paper import PaperVenue
 from perpbot.exec.venues.registry import make_venues
 from perpbot.messages import Opportunity, decode_opportunity
 from perpbot.runctx import RISK_FILE, RunContext, child_args, die_with_parent, load_run, setup_logging
@@ -125,9 +131,6 @@ async def recover_engine(engine: Engine, journal: Journal, venues: list[Venue],
                          log: logging.Logger) -> RecoveredState:
     """Bring a fresh engine and its venues to what the journal says; raise if the venues disagree."""
     state = recover(journal.path)
-    for v in venues:
-        if isinstance(v, PaperVenue):
-            v.restore(state.fills_on(v.name))
     if state.pending:
         resolutions = await resolve_intents(state.pending, {v.name: v for v in venues})
         record_resolutions(journal, resolutions)
@@ -196,14 +199,18 @@ class ExecProcess:
             actx = zmq.asyncio.Context.shadow(zctx.underlying)
             pull = bus.opportunity_pull(actx, ctx.endpoints)  # type: ignore[assignment]
             events = bus.EventPublisher(zctx, ctx.endpoints, "exec")
-            venues = make_venues(cfg, board)
+            venues = make_venues(cfg, board, ledger_dir=ctx.paper_dir)
             for v in venues:
                 await v.connect()
             engine = Engine(cfg, board, status, journal, venues, run_id=ctx.run_id, events=events,
-                            log=log)
+                            log=log, budgets=budgets_from_config(cfg))
             if (ctx.run_dir / RISK_FILE).exists():  # limits reloaded before a crash still hold
                 _load_risk(ctx, engine, log)
             await recover_engine(engine, journal, venues, log)
+            clocks = ClockSync(venues, cfg.exec.clock_sync_interval_s, cfg.exec.max_clock_offset_ms,
+                               log)
+            await clocks.sync_all()
+            await engine.start()
             status.set_proc_state(slot, ProcState.RUNNING)
             events.heartbeat(ProcState.RUNNING.name)
             log.info("exec running: run %s, journal %s, %d venues", ctx.run_id, ctx.journal_path,
@@ -212,6 +219,7 @@ class ExecProcess:
             tasks = [
                 self._spawn(self._receive(engine, pull), "receive"),
                 self._spawn(self._check(engine, status, venues), "check"),
+                self._spawn(self._periodic(engine, clocks), "periodic"),
                 self._spawn(self._housekeeping(engine, status, journal, events, venues), "housekeeping"),
             ]
             await self._stop.wait()
@@ -339,10 +347,32 @@ class ExecProcess:
             if now - last_event >= HEARTBEAT_EVENT_NS:
                 last_event = now
                 events.heartbeat(ProcState.RUNNING.name)
-                for i, v in enumerate(venues):  # what rests on each venue, for the monitor
-                    status.capital[i]["open_orders"] = len(await v.open_orders())
+                for i, v in enumerate(venues):  # what rests on each venue: monitor and risk gate
+                    n = len(await v.open_orders())
+                    status.capital[i]["open_orders"] = n
+                    engine.set_open_orders(i, n)
                 # shielded and tracked: shutdown waits for it before closing the journal
                 await self._shielded(asyncio.to_thread(journal.checkpoint))
+
+
+    async def _periodic(self, engine: Engine, clocks: ClockSync) -> None:
+        cfg = self.ctx.cfg
+        reconcile_ns = cfg.exec.reconcile_interval_ms * 1_000_000
+        funding_ns = int(cfg.exec.funding_refresh_s * 1e9)
+        last_reconcile = last_funding = now_ns()
+        while not self._stopping:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            now = now_ns()
+            if engine.capital_due():
+                await self._shielded(engine.refresh_capital())
+            if now - last_reconcile >= reconcile_ns:
+                last_reconcile = now
+                await self._shielded(engine.reconcile_positions())
+            if now - last_funding >= funding_ns:
+                last_funding = now
+                await self._shielded(engine.refresh_funding())
+            if clocks.due(now):
+                await self._shielded(clocks.sync_all())
 
 
 class ControlRequests:

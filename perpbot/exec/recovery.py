@@ -36,7 +36,7 @@ from typing import Protocol, runtime_checkable
 from perpbot.errors import FatalError
 from perpbot.exec.edge import leg_cash
 from perpbot.exec.journal import Journal
-from perpbot.exec.positions import FLAT, Position, apply_fill
+from perpbot.exec.positions import FLAT, Position, add_funding, apply_fill
 from perpbot.exec.venues.base import Fill, OpenOrder, OrderResult, Side, Venue
 
 _ZERO = Decimal(0)
@@ -44,6 +44,11 @@ _ZERO = Decimal(0)
 LIVE_STATES = ("opening", "open")
 #: order status given to an intent the venue never saw
 NOT_SENT = "not_sent"
+#: order statuses whose outcome only the venue can tell: an intent written before the send,
+#: and an order whose final state could not be established when it was sent
+PENDING_STATES = ("intent", "unknown")
+#: purposes whose fills build a trade's legs
+ENTRY_PURPOSES = ("open", "hedge")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +68,12 @@ class RecoveredTrade:
     long_qty: Decimal
     short_qty: Decimal
     hedged_qty: Decimal
-    buy_avg: Decimal
+    buy_cost: Decimal  # qty x price of the fills that built the long leg
+    buy_filled: Decimal
     entry_notional: Decimal
-    cash: Decimal  # every fill of the trade, fees included
+    cash: Decimal  # every fill of the trade, fees included, and its booked funding
     fees: Decimal
+    funding: Decimal
     #: decisions journaled per exit purpose (close, unwind): the next attempt's number
     attempts: Mapping[str, int]
 
@@ -142,8 +149,15 @@ def _recover(con: sqlite3.Connection) -> RecoveredState:
     pending = tuple(
         PendingOrder(o["client_order_id"], int(o["trade_id"]), o["venue"], o["symbol"],
                      Side(o["side"]), Decimal(o["qty"]), o["purpose"])
-        for o in orders if o["status"] == "intent"
+        for o in orders if o["status"] in PENDING_STATES
     )
+    funding_of: dict[int, Decimal] = {}
+    for r in con.execute("SELECT * FROM funding ORDER BY rowid"):
+        key = (r["venue"], r["symbol"])
+        positions[key] = add_funding(positions.get(key, FLAT), Decimal(r["amount"]))
+        if r["trade_id"] is not None:
+            tid = int(r["trade_id"])
+            funding_of[tid] = funding_of.get(tid, _ZERO) + Decimal(r["amount"])
     orders_of: dict[int, list[sqlite3.Row]] = {}
     for o in orders:
         orders_of.setdefault(int(o["trade_id"]), []).append(o)
@@ -152,17 +166,19 @@ def _recover(con: sqlite3.Connection) -> RecoveredState:
     marks = ",".join("?" * len(LIVE_STATES))
     for t in con.execute(f"SELECT * FROM trades WHERE state IN ({marks}) ORDER BY trade_id",
                          LIVE_STATES):
-        trades.append(_trade(t, orders_of.get(int(t["trade_id"]), []), by_order, fill_pos))
+        trades.append(_trade(t, orders_of.get(int(t["trade_id"]), []), by_order, fill_pos,
+                             funding_of.get(int(t["trade_id"]), _ZERO)))
     top = con.execute("SELECT COALESCE(MAX(trade_id), 0) FROM trades").fetchone()[0]
     return RecoveredState(tuple(trades), positions, tuple(fills), pending, int(top) + 1,
                           frozenset(o["client_order_id"] for o in orders))
 
 
 def _trade(t: sqlite3.Row, orders: Sequence[sqlite3.Row], by_order: Mapping[str, list[Fill]],
-           fill_pos: Mapping[str, int]) -> RecoveredTrade:
+           fill_pos: Mapping[str, int], funding: Decimal) -> RecoveredTrade:
     tid = int(t["trade_id"])
     buy_venue = t["buy_venue"]
-    long_qty = short_qty = cash = fees = _ZERO
+    long_qty = short_qty = cash = fees = buy_cost = buy_filled = _ZERO
+    purpose_of = {o["client_order_id"]: o["purpose"] for o in orders}
     # the engine applies fills in the order the venue results arrived, which is journal order
     trade_fills = sorted((f for o in orders for f in by_order.get(o["client_order_id"], ())),
                          key=lambda f: fill_pos[f.fill_id])
@@ -171,14 +187,16 @@ def _trade(t: sqlite3.Row, orders: Sequence[sqlite3.Row], by_order: Mapping[str,
         fees += f.fee
         if f.venue == buy_venue:
             long_qty += f.side.sign * f.qty
+            if f.side is Side.BUY and purpose_of[f.client_order_id] in ENTRY_PURPOSES:
+                buy_cost += f.qty * f.price
+                buy_filled += f.qty
         else:
             short_qty -= f.side.sign * f.qty
+    cash += funding
     opens = {o["side"]: o for o in orders if o["purpose"] == "open"}
     buy_open, sell_open = opens.get("buy"), opens.get("sell")
-    buy_fills = by_order.get(buy_open["client_order_id"], []) if buy_open is not None else []
-    q = sum((f.qty for f in buy_fills), _ZERO)
-    # the same arithmetic as OrderResult.avg_price, so the Decimal comes out identical
-    buy_avg = sum((f.qty * f.price for f in buy_fills), _ZERO) / q if q else _ZERO
+    # the same arithmetic as `Trade.buy_avg`, so the Decimal comes out identical
+    buy_avg = buy_cost / buy_filled if buy_filled else _ZERO
     state = t["state"]
     # while opening, the engine has not fixed the hedged size yet; once open the journal holds it
     hedged = Decimal(t["qty"]) if state == "open" else _ZERO
@@ -186,14 +204,16 @@ def _trade(t: sqlite3.Row, orders: Sequence[sqlite3.Row], by_order: Mapping[str,
     for o in orders:
         if o["purpose"] != "open":
             attempts[o["purpose"]] = max(attempts[o["purpose"]], attempt_of(o["client_order_id"]) + 1)
-    open_ns = int(buy_open["ts_decide_ns"]) if buy_open is not None else int(t["open_ns"])
+    first = buy_open if buy_open is not None else sell_open
+    open_ns = int(first["ts_decide_ns"]) if first is not None else int(t["open_ns"])
     return RecoveredTrade(
         trade_id=tid, opp_id=int(t["opp_id"]), symbol=t["symbol"], buy_venue=buy_venue,
         sell_venue=t["sell_venue"], entry_edge_bps=float(t["entry_edge_bps"]), open_ns=open_ns,
         buy_order=buy_open["client_order_id"] if buy_open is not None else "",
         sell_order=sell_open["client_order_id"] if sell_open is not None else "",
-        state=state, long_qty=long_qty, short_qty=short_qty, hedged_qty=hedged, buy_avg=buy_avg,
-        entry_notional=hedged * buy_avg if state == "open" else _ZERO, cash=cash, fees=fees,
+        state=state, long_qty=long_qty, short_qty=short_qty, hedged_qty=hedged, buy_cost=buy_cost,
+        buy_filled=buy_filled, entry_notional=hedged * buy_avg if state == "open" else _ZERO,
+        cash=cash, fees=fees, funding=funding,
         attempts=dict(attempts),
     )
 

@@ -1,4 +1,5 @@
-"""Pure conversions of the ccxt venue: units, rounding, client ids, statuses, errors."""
+"""The ccxt venue without I/O: units, rounding, client ids, statuses, errors, fees, funding,
+credentials, the clock offset, and order types against a scripted exchange object."""
 
 from __future__ import annotations
 
@@ -10,21 +11,29 @@ import ccxt
 import pytest
 
 from perpbot.errors import FatalError, RejectedError, RetryableError
-from perpbot.exec.venues.base import OrderRequest, OrderStatus, Side
+from perpbot.exec.venues.base import OrderRequest, OrderResult, OrderStatus, OrderType, Side
 from perpbot.exec.venues.ccxt_venue import (
+    CREDENTIAL_CONFIG_KEYS,
+    HOUR_MS,
     QUIRKS,
     CcxtVenue,
+    ccxt_id_of,
     client_order_id_problem,
     contract_size,
+    credential_env_names,
     credentials_from_env,
     dec,
     error_class,
+    funding_from_ccxt,
+    interval_ms,
     lookup_params,
     market_from_ccxt,
     order_params,
     order_status,
+    passphrase_env_name,
     to_base,
     to_contracts,
+    trade_fee,
     venue_client_order_id,
 )
 
@@ -168,3 +177,169 @@ def test_place_order_converts_to_contracts_and_back() -> None:
         assert len(ex.sent) == 1  # refusals never reach the venue
 
     asyncio.run(run())
+
+
+# --------------------------------------------------------------------------- the extended interface
+
+
+def test_market_carries_contract_size_and_fees() -> None:
+    m = market_from_ccxt("BTC-PERP", {**OKX_BTC, "taker": 0.0005, "maker": 0.0002})
+    assert (m.contract_size, m.taker_fee, m.maker_fee) == (D("0.01"), D("0.0005"), D("0.0002"))
+    plain = market_from_ccxt("BTC-PERP", {**OKX_BTC, "contractSize": None})
+    assert (plain.contract_size, plain.taker_fee, plain.maker_fee) == (1, 0, 0)
+
+
+@pytest.mark.parametrize(("interval", "want"), [
+    ("8h", 8 * HOUR_MS), ("1h", HOUR_MS), ("4h", 4 * HOUR_MS), ("30m", 1_800_000), ("1d", 24 * HOUR_MS),
+    (None, None), ("", None), ("eight hours", None), (8, None),
+])
+def test_funding_interval(interval: Any, want: int | None) -> None:
+    assert interval_ms(interval) == want
+
+
+def test_funding_rate_interval_falls_back_to_the_venue_default() -> None:
+    given = funding_from_ccxt("BTC-PERP", {"fundingRate": 0.0001, "interval": "4h",
+                                           "fundingTimestamp": 1730736000000}, 8 * HOUR_MS)
+    assert (given.rate, given.interval_ms, given.next_funding_ms) == (D("0.0001"), 4 * HOUR_MS, 1730736000000)
+    none = funding_from_ccxt("BTC-PERP", {"fundingRate": -0.00002, "interval": None}, 8 * HOUR_MS)
+    assert (none.rate, none.interval_ms, none.next_funding_ms) == (D("-0.00002"), 8 * HOUR_MS, 0)
+    assert QUIRKS["hyperliquid"].funding_interval_ms == HOUR_MS
+    assert QUIRKS["extended"].funding_interval_ms == HOUR_MS
+    assert {i for i, q in QUIRKS.items() if q.funding_interval_ms == 8 * HOUR_MS} == SEED - {"hyperliquid", "extended"}
+
+
+def test_trade_fee_in_the_quote_asset() -> None:
+    market = {"base": "BTC", "quote": "USDT", "settle": "USDT"}
+    assert trade_fee({"price": 60000.0, "fee": {"cost": 0.3, "currency": "USDT"}}, market) == D("0.3")
+    # `fees` wins over `fee` (ccxt lists the same fee in both)
+    both = {"price": 60000.0, "fee": {"cost": 0.3, "currency": "USDT"},
+            "fees": [{"cost": 0.3, "currency": "USDT"}]}
+    assert trade_fee(both, market) == D("0.3")
+    assert trade_fee({"price": 60000.0, "fee": {"cost": 0.00001, "currency": "BTC"}}, market) == D("0.6")
+    assert trade_fee({"price": 60000.0, "fee": {"cost": -0.1, "currency": "USDT"}}, market) == D("-0.1")
+    assert trade_fee({"price": 60000.0, "fee": None}, market) == 0
+    with pytest.raises(ValueError, match="BNB"):
+        trade_fee({"id": "7", "price": 60000.0, "fee": {"cost": 0.001, "currency": "BNB"}}, market)
+
+
+def test_credential_variables_from_the_two_config_keys() -> None:
+    assert credential_env_names("binanceusdm", "B_KEY", "B_SECRET") == {"apiKey": "B_KEY", "secret": "B_SECRET"}
+    assert credential_env_names("okx", "OKX_API_KEY", "OKX_API_SECRET") == {
+        "apiKey": "OKX_API_KEY", "secret": "OKX_API_SECRET", "password": "OKX_API_PASSPHRASE"}
+    assert passphrase_env_name("BITGET_TOKEN") == "BITGET_TOKEN_PASSPHRASE"
+    assert credential_env_names("hyperliquid", "HL_WALLET", "HL_PRIVATE") == {
+        "walletAddress": "HL_WALLET", "privateKey": "HL_PRIVATE"}
+    assert credential_env_names("extended", "X_KEY", None) == {"apiKey": "X_KEY"}
+    assert credential_env_names("okx", None, None) == {}
+    for q in QUIRKS.values():  # every field any venue needs has a config key
+        assert set(q.credentials) <= set(CREDENTIAL_CONFIG_KEYS)
+
+
+def test_ccxt_id_of_a_configured_venue() -> None:
+    assert ccxt_id_of(None, "okx") == "okx"
+    assert ccxt_id_of(None, "ccxt:gate") == "gate"
+    assert ccxt_id_of("binanceusdm", "ccxt:binance") == "binanceusdm"
+
+
+#: the venues whose ccxt nonce subtracts options['timeDifference'] (read from ccxt's source)
+HONOURS_TIME_DIFFERENCE = {"binanceusdm", "okx", "bybit", "bitget", "gate"}
+
+
+@pytest.mark.parametrize("ccxt_id", sorted(SEED))
+def test_clock_offset_reaches_ccxt_nonce(ccxt_id: str) -> None:
+    offset = 3_600_000  # the venue's clock an hour ahead of ours: unmistakable
+    assert QUIRKS[ccxt_id].time_difference is (ccxt_id in HONOURS_TIME_DIFFERENCE)
+
+    async def run() -> None:
+        before = CcxtVenue(ccxt_id, ccxt_id, {})
+        before.set_clock_offset_ms(offset)  # before the ccxt object exists: passed at construction
+        before.exchange = before._make_exchange()
+        after = CcxtVenue(ccxt_id, ccxt_id, {})
+        after.exchange = after._make_exchange()
+        plain = after.exchange.nonce()
+        after.set_clock_offset_ms(offset)  # on the live object
+        try:
+            for v in (before, after):
+                assert v.exchange.options["timeDifference"] == -offset
+                assert v.honours_clock_offset is QUIRKS[ccxt_id].time_difference
+                n = v.exchange.nonce()
+                if v.honours_clock_offset:
+                    assert abs(n - (v.exchange.milliseconds() + offset)) < 2000
+                else:
+                    assert abs(n - plain) < 2000  # local clock (in the venue's nonce unit)
+        finally:
+            await before.close()
+            await after.close()
+
+    asyncio.run(run())
+
+
+class ScriptedExchange(FakeExchange):
+    """FakeExchange whose create_order and fetch_order answer with the given states."""
+
+    def __init__(self, created: dict[str, Any], fetched: list[dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.created = created
+        self.fetched = list(fetched or [])
+        self.fetches = 0
+
+    async def create_order(self, *args: Any) -> dict[str, Any]:
+        self.sent.append(args)
+        return {"id": "9", "symbol": args[0], "side": args[2], "amount": args[3], **self.created}
+
+    async def fetch_order(self, *args: Any) -> dict[str, Any]:
+        self.fetches += 1
+        return {"id": "9", "symbol": "BTC/USDT:USDT", "side": "buy", "amount": 5.0, **self.fetched.pop(0)}
+
+
+def _place(ex: FakeExchange, req: OrderRequest) -> OrderResult:
+    venue = CcxtVenue("okx", "okx", {"BTC-PERP": "BTC-USDT-SWAP"}, exchange=ex, confirm_delay_s=0)
+
+    async def run() -> OrderResult:
+        await venue.connect()
+        return await venue.place_order(req)
+
+    return asyncio.run(run())
+
+
+def test_post_only_rests_and_returns_open() -> None:
+    ex = ScriptedExchange({"status": "open", "filled": 0.0})
+    res = _place(ex, OrderRequest("p1", "BTC-PERP", Side.BUY, D("0.05"), D("60000.0"), OrderType.POST_ONLY))
+    assert res.status is OrderStatus.OPEN and not res.status.terminal and res.fills == ()
+    assert res.venue_order_id == "9"
+    assert ex.sent[-1][1] == "limit" and ex.sent[-1][5] == {"clOrdId": "p1", "postOnly": True}
+
+
+def test_limit_is_gtc_and_waits_only_until_it_rests() -> None:
+    # OKX answers a new order with its ids only: one lookup tells it rests (part filled)
+    ex = ScriptedExchange({"status": None}, [{"status": "open", "filled": 2.0}])
+    res = _place(ex, OrderRequest("l1", "BTC-PERP", Side.BUY, D("0.05"), D("60000.0"), OrderType.LIMIT))
+    assert res.status is OrderStatus.OPEN and ex.fetches == 1
+    assert ex.sent[-1][5] == {"clOrdId": "l1"}  # no timeInForce: the venue's default, GTC
+
+
+def test_limit_that_fills_at_once_is_terminal() -> None:
+    ex = ScriptedExchange({"status": "closed", "filled": 5.0, "average": 60000.0})
+    res = _place(ex, OrderRequest("l2", "BTC-PERP", Side.BUY, D("0.05"), D("60000.0"), OrderType.LIMIT))
+    assert res.status is OrderStatus.FILLED and res.filled_qty == D("0.05")
+
+
+def test_post_only_cancelled_at_once_is_rejected() -> None:
+    ex = ScriptedExchange({"status": None}, [{"status": "canceled", "filled": 0.0}])
+    res = _place(ex, OrderRequest("p2", "BTC-PERP", Side.BUY, D("0.05"), D("60000.0"), OrderType.POST_ONLY))
+    assert res.status is OrderStatus.REJECTED and "would have taken liquidity" in res.reason
+
+
+def test_ioc_still_waits_until_terminal() -> None:
+    ex = ScriptedExchange({"status": "open", "filled": 0.0},
+                          [{"status": "open", "filled": 1.0}, {"status": "canceled", "filled": 1.0}])
+    res = _place(ex, OrderRequest("i1", "BTC-PERP", Side.BUY, D("0.05"), D("60000.0")))
+    assert res.status is OrderStatus.PARTIAL and res.filled_qty == D("0.01") and ex.fetches == 2
+    assert ex.sent[-1][5] == {"clOrdId": "i1", "timeInForce": "IOC"}
+
+
+@pytest.mark.parametrize("kind", [OrderType.LIMIT, OrderType.POST_ONLY])
+def test_resting_orders_need_a_price(kind: OrderType) -> None:
+    ex = ScriptedExchange({"status": "open"})
+    res = _place(ex, OrderRequest("n1", "BTC-PERP", Side.BUY, D("0.05"), None, kind))
+    assert res.status is OrderStatus.REJECTED and "limit price" in res.reason and not ex.sent

@@ -50,7 +50,7 @@ def _drop(path: str) -> Callable[[dict[str, Any]], None]:
         (_set("scanner.poll", "fast"), "$.scanner.poll", "allowed values: spin, hybrid, sleep"),
         (_set("scanner.bogus", 1), "$.scanner.bogus", "unknown key; allowed keys: core, poll"),
         (_set("bogus", 1), "$.bogus", "unknown key"),
-        (_set("mode", "live"), "$.mode", "allowed: demo, paper"),
+        (_set("mode", "live"), "$.venues.binanceusdm.api_key_env", "mode live trades with binanceusdm"),
         (_set("mode", "moon"), "$.mode", "allowed values: demo, replay, paper, readonly, live"),
         (_set("venues.okx.feed", "okx_v9"), "$.venues.okx.feed", "allowed: binanceusdm, bitget, bybit"),
         (_set("venues.okx.feed", "ccxt:gateio"), "$.venues.okx.feed", "ccxt:gate"),

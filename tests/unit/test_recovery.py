@@ -32,7 +32,7 @@ from perpbot.exec.recovery import (
 )
 from perpbot.exec.risk import Reason
 from perpbot.exec.venues.base import OrderRequest, OrderStatus, Side, Venue
-from perpbot.exec.venues.paper import PaperVenue
+from perpbot.exec.venues.paper import Fault, FaultKind, PaperVenue
 
 # test_engine's rig fixtures, shared: the same real segments, journal and paper venues
 make_rig = test_engine.make_rig
@@ -44,7 +44,7 @@ def _as_recovered(e: Engine, t: Trade) -> RecoveredTrade:
     return RecoveredTrade(
         t.trade_id, t.opp_id, s[t.symbol], v[t.buy_venue], v[t.sell_venue], t.entry_edge_bps,
         t.open_ns, t.buy_order, t.sell_order, t.state, t.long_qty, t.short_qty, t.hedged_qty,
-        t.buy_avg, t.entry_notional, t.cash, t.fees,
+        t.buy_cost, t.buy_filled, t.entry_notional, t.cash, t.fees, t.funding,
         {k: n for k, n in t.attempts.items() if n},
     )
 
@@ -73,7 +73,7 @@ def _converged(r: Rig, okx_size: float = 1.0) -> None:
 
 
 def _busy_journal(r: Rig) -> None:
-    """Trades 1 closed, 2 half-closed (open), 3 open after a partial leg, 4 failed, 5 naked."""
+    """Trades 1 closed, 2 half-closed (open), 3 open after a hedged partial leg, 4 failed, 5 naked."""
     assert r.on_opp(r.opp(1)) is Reason.OK
     assert asyncio.run(r.engine.flatten()) == 1  # trade 1: closed
     assert r.on_opp(r.opp(2)) is Reason.OK  # trade 2
@@ -87,20 +87,16 @@ def _busy_journal(r: Rig) -> None:
             r.quote(1, 60300.0, 60300.1, size=0.010)
 
     r.venues[1].before = thin_out
-    assert r.on_opp(r.opp(3)) is Reason.OK  # trade 3: open at 0.010 after an unwind
+    assert r.on_opp(r.opp(3)) is Reason.OK  # trade 3: open at 0.016 after a hedge of 0.006
     _spread(r)
-
-    def book_runs_away(req: OrderRequest) -> None:
-        if req.client_order_id.endswith("open-sell"):
-            r.quote(1, 60000.0, 60000.1)
-
-    r.venues[1].before = book_runs_away
+    r.venues[1].before = None
+    r.venues[1].inject(Fault(FaultKind.REJECT, count=2))  # the open sell and its hedge
     assert r.on_opp(r.opp(4)) is Reason.OK  # trade 4: failed, unwound
     _spread(r)
 
     def naked(req: OrderRequest) -> None:
         if req.client_order_id.endswith("open-sell"):
-            r.quote(1, 60000.0, 60000.1)
+            r.venues[1].inject(Fault(FaultKind.REJECT, count=4))  # the open sell and every hedge
             r.quote(0, 59999.9, 60000.0, age_ms=5000)  # the unwind is refused: stale
 
     r.venues[1].before = naked
@@ -251,7 +247,7 @@ def test_an_intent_the_venue_filled_is_journaled_from_the_venue_and_the_trade_op
     assert state.positions[("binanceusdm", "BTC-PERP")].qty == D("0.016")
     assert state.positions[("okx", "BTC-PERP")].qty == D("-0.016")
     (t,) = state.trades
-    assert (t.state, t.long_qty, t.short_qty, t.buy_avg) == ("opening", D("0.016"), D("0.016"),
+    assert (t.state, t.long_qty, t.short_qty, t.buy_cost / t.buy_filled) == ("opening", D("0.016"), D("0.016"),
                                                              D("60000.0"))
     rig.journal.close()
     engine, journal, _ = _restart(rig, state)

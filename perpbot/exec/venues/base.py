@@ -7,12 +7,17 @@ required
     name            the config's venue name (`cfg.venues` key)
     connect()       open sessions, load markets; idempotent
     close()         release sessions
-    place_order()   one taker IOC order -> its terminal `OrderResult`
+    place_order()   one order -> its terminal `OrderResult`, or OPEN if it rests
     cancel_order()  cancel a resting order by client order id
+    fetch_order()   an order's state by client order id (terminal, resting, unknown)
     open_orders()   orders still resting on the venue
     positions()     net position per board symbol
     balances()      balance per asset
-    markets()       tick, lot and min notional per board symbol (synchronous)
+    my_trades()     our fills, newest last
+    funding_rate()  the current funding rate and interval of a symbol
+    server_time_ms() the venue's clock (for the clock offset)
+    markets()       tick, lot, min notional, contract size and fees per board
+                    symbol (synchronous, after connect)
 
 Symbols at this interface are board names (`BTC-PERP`); an implementation maps
 them to its own. Quantities are base units and every amount is a `Decimal`,
@@ -47,14 +52,25 @@ class Side(str, enum.Enum):
 
 class OrderType(str, enum.Enum):
     #: taker, immediate-or-cancel: fills what it can at once, the rest is cancelled
+    #: (with `price` None: a market order)
     IOC = "ioc"
+    #: maker limit: rests on the book; refused (REJECTED) if it would take liquidity
+    POST_ONLY = "post_only"
+    #: good-till-cancelled limit: takes what crosses, rests the rest
+    LIMIT = "limit"
 
 
 class OrderStatus(str, enum.Enum):
+    OPEN = "open"  # resting on the book (not terminal): follow it with fetch_order
     FILLED = "filled"  # the whole quantity filled
-    PARTIAL = "partial"  # part filled, the rest cancelled (IOC)
-    EXPIRED = "expired"  # accepted, nothing filled (IOC limit not marketable)
+    PARTIAL = "partial"  # part filled, the rest cancelled (IOC, or a resting order cancelled)
+    EXPIRED = "expired"  # accepted, nothing filled (IOC not marketable, or cancelled while resting)
     REJECTED = "rejected"  # refused by the venue; nothing filled
+
+    @property
+    def terminal(self) -> bool:
+        """True once nothing more can fill."""
+        return self is not OrderStatus.OPEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +99,17 @@ class Fill:
     price: Decimal
     fee: Decimal  # in the quote asset (USD), positive = paid
     ts_ns: int  # monotonic stamp (perpbot.clock.now_ns) when the fill was known
+
+
+@dataclass(frozen=True, slots=True)
+class FundingPayment:
+    """Funding the venue booked on one of our positions."""
+
+    payment_id: str  # unique per venue
+    venue: str
+    symbol: str
+    amount: Decimal  # in the quote asset (USD), positive = received, negative = paid
+    ts_ms: int  # epoch ms of the payment
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +147,27 @@ class OrderResult:
 
 @dataclass(frozen=True, slots=True)
 class Market:
-    """A symbol's trading grid on one venue."""
+    """A symbol's trading grid and fees on one venue (sizes in base units)."""
 
     symbol: str
     tick_size: Decimal
     lot_size: Decimal
     min_notional_usd: Decimal
+    #: base units per venue contract (1 where the venue trades base units)
+    contract_size: Decimal = Decimal(1)
+    #: fee fractions of notional (0.0005 = 5 bps), positive = paid
+    taker_fee: Decimal = Decimal(0)
+    maker_fee: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class FundingRate:
+    """A perpetual's funding: `rate` per interval, paid by longs to shorts when positive."""
+
+    symbol: str
+    rate: Decimal
+    interval_ms: int  # 8 h on most venues, 1 h on Hyperliquid and others
+    next_funding_ms: int  # epoch ms of the next payment, 0 when unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +234,25 @@ class Venue(abc.ABC):
     @abc.abstractmethod
     async def balances(self) -> dict[str, Balance]:
         """Balances per asset."""
+
+    @abc.abstractmethod
+    async def my_trades(self, symbol: str | None = None, since_ms: int | None = None) -> list[Fill]:
+        """Our fills (all symbols when `symbol` is None), oldest first, since epoch ms `since_ms`."""
+
+    @abc.abstractmethod
+    async def funding_rate(self, symbol: str) -> FundingRate:
+        """The symbol's current funding rate and interval."""
+
+    async def funding_payments(self, since_ms: int | None = None) -> list[FundingPayment]:
+        """Funding booked on our positions since epoch ms `since_ms`, oldest first.
+
+        Where the venue reports it; the default is a venue that does not.
+        """
+        return []
+
+    @abc.abstractmethod
+    async def server_time_ms(self) -> int:
+        """The venue's clock, epoch milliseconds."""
 
     @abc.abstractmethod
     def markets(self) -> dict[str, Market]:
