@@ -67,6 +67,14 @@ class RateLimitConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=
     kind: Any = None
 
 
+def ccxt_id_of(ccxt_id: str | None, feed: str) -> str:
+    """A configured venue's ccxt id: `ccxt_id` when set, else its feed's (`ccxt:<id>`, or the native
+    feed's name, which is its ccxt id)."""
+    if ccxt_id:
+        return ccxt_id
+    return feed.split(":", 1)[1] if feed.startswith("ccxt:") else feed
+
+
 class VenueConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One venue: which feed protocol it speaks, its fees and its symbol names."""
 
@@ -687,7 +695,7 @@ def _validate(cfg: Config) -> None:
 def _validate_ccxt_venue(cfg: Config, vname: str, v: VenueConfig) -> None:
     """The venue maps to a ccxt id we trade through; in live mode its credential variables are named."""
     # imported here: ccxt is only needed when a venue trades through it
-    from perpbot.exec.venues.ccxt_venue import CREDENTIAL_CONFIG_KEYS, QUIRKS, ccxt_id_of
+    from perpbot.exec.venues.ccxt_venue import CREDENTIAL_CONFIG_KEYS, QUIRKS
 
     base = f"$.venues.{vname}"
     ccxt_id = ccxt_id_of(v.ccxt_id, v.feed)

@@ -94,7 +94,7 @@ def format_status(r: dict[str, Any]) -> str:
         f"scanner: passes {sc.get('passes', 0)}, opportunities {sc.get('opportunities', 0)}, "
         f"stale skips {sc.get('stale_skips', 0)}, repeats suppressed {sc.get('repeats_suppressed', 0)}",
         f"exec: opportunities {ex.get('opps_received', 0)} (too old {ex.get('opps_too_old', 0)}), "
-        f"orders checked {ex.get('orders_checked', 0)} / sent {ex.get('orders_sent', 0)}, "
+        f"orders approved by risk {ex.get('orders_approved', 0)} / sent {ex.get('orders_sent', 0)}, "
         f"fills {ex.get('fills', 0)}, trades opened {ex.get('trades_opened', 0)} closed {ex.get('trades_closed', 0)}",
     ]
     if r["positions"]:

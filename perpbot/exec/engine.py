@@ -178,7 +178,7 @@ class ExecStatistics:
 
     opps_received: int
     opps_too_old: int
-    orders_checked: int
+    orders_approved: int
     orders_sent: int
     fills: int
     trades_opened: int
@@ -260,6 +260,8 @@ class Engine:
         self._legging_deadline_ns = ex.legging_deadline_ms * _MS
         self._next_best = ex.hedge_next_best_venue
         self._funding_aware = ex.funding_aware
+        # readonly watches real venues: every opportunity is journaled as a skip, none is traded
+        self._read_only = cfg.mode == "readonly"
         policy = OrderPolicy(retry_attempts=ex.retry_attempts, retry_backoff_ms=ex.retry_backoff_ms,
                              poll_ms=ex.order_poll_ms)
         self._runners = [OrderRunner(v, policy, clock=clock, sleep=sleep, log=self._log)
@@ -327,7 +329,7 @@ class Engine:
     def counters(self) -> list[int]:
         """The status record's counters, indexed by `ExecCounter`."""
         c = list(self._counters)
-        c[ExecCounter.ORDERS_CHECKED] = self.gate.checked
+        c[ExecCounter.ORDERS_APPROVED] = self.gate.approved
         c[ExecCounter.ORDERS_SENT] = self.gate.sent
         c[ExecCounter.RISK_REJECTS] = self.gate.rejected
         return c
@@ -337,7 +339,7 @@ class Engine:
         return ExecStatistics(
             opps_received=c[ExecCounter.OPPS_RECEIVED],
             opps_too_old=c[ExecCounter.OPPS_TOO_OLD],
-            orders_checked=c[ExecCounter.ORDERS_CHECKED],
+            orders_approved=c[ExecCounter.ORDERS_APPROVED],
             orders_sent=c[ExecCounter.ORDERS_SENT],
             fills=c[ExecCounter.FILLS],
             trades_opened=c[ExecCounter.TRADES_OPENED],
@@ -432,6 +434,9 @@ class Engine:
             return self._skip(opp, Reason.NO_MARKET, "a venue does not trade the symbol")
         if s in self.paused_symbols:
             return self._skip(opp, Reason.SYMBOL_PAUSED, self.paused_symbols[s])
+        if self._read_only:
+            return self._skip(opp, Reason.READ_ONLY,
+                              f"{opp.edge_bps:.2f} bps at {opp.buy_price}/{opp.sell_price}")
         qb, qs = self._board.read(bv, s), self._board.read(sv, s)
         if qb is None or qs is None or not (qb.ask > 0 and qs.bid > 0):
             return self._skip(opp, Reason.NO_QUOTE, "")
@@ -947,6 +952,9 @@ class Engine:
                 open_ns=trade.open_ns, close_ns=0, realized_pnl=0.0,
             )
             self._counters[ExecCounter.TRADES_OPENED] += 1
+            # what the legs did not fill was reserved for nothing: only the committed margin stays
+            if self._capital.holding(trade.capital_key) is not None:
+                self._capital.release(trade.capital_key)
             self._journal.update_trade(trade.trade_id, state="open", qty=trade.hedged_qty,
                                        realized_pnl=trade.cash, fees=trade.fees)
             self._log.info("trade %d open: %s %s long %s / short %s, entry edge %.2f bps",
@@ -1003,7 +1011,8 @@ class Engine:
             "buy_order": trade.buy_order, "sell_order": trade.sell_order,
             "realized_pnl": float(trade.cash), "trade_id": trade.trade_id,
             "symbol": self._snames[trade.symbol], "size": float(trade.hedged_qty),
-            "fees": float(trade.fees), "close_reason": why, "ts": now,
+            "fees": float(trade.fees), "funding": float(trade.funding), "close_reason": why,
+            "ts": now,
         })
         self._log.info("trade %d closed (%s): realized %s after fees %s", trade.trade_id, why,
                        trade.cash, trade.fees)

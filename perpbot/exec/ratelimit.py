@@ -38,6 +38,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Literal
 
 from perpbot import clock as _clock
+from perpbot.config import ccxt_id_of
 from perpbot.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -50,8 +51,6 @@ RATE_KINDS: tuple[str, ...] = ("requests", "orders")
 DEFAULT_HEADROOM_PCT = 20.0
 #: the largest headroom accepted: entries keep at least a tenth of every window
 MAX_HEADROOM_PCT = 90.0
-
-_CCXT_PREFIX = "ccxt:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,14 +299,10 @@ class RateBudget:
 # -- configuration ------------------------------------------------------------------------------
 
 
-def venue_ccxt_id(feed: str) -> str:
-    """The ccxt id behind a venue's feed: native feed names are ccxt ids, `ccxt:<id>` gives `<id>`."""
-    return feed[len(_CCXT_PREFIX):] if feed.startswith(_CCXT_PREFIX) else feed
-
-
-def limits_for(feed: str) -> tuple[RateLimit, ...]:
-    """The published limits of the venue a feed speaks to, or `DEFAULT_LIMITS` for one without a row."""
-    return VENUE_LIMITS.get(venue_ccxt_id(feed), DEFAULT_LIMITS)
+def limits_for(feed: str, ccxt_id: str | None = None) -> tuple[RateLimit, ...]:
+    """The published limits of a venue (its `ccxt_id`, else the one its feed speaks to), or
+    `DEFAULT_LIMITS` for one without a row."""
+    return VENUE_LIMITS.get(ccxt_id_of(ccxt_id, feed), DEFAULT_LIMITS)
 
 
 def parse_rate_limits(entries: Sequence[Any], path: str) -> tuple[RateLimit, ...]:
@@ -356,6 +351,6 @@ def budgets_from_config(cfg: Config, clock: _clock.Clock = _clock.now_ns) -> dic
         if venue.rate_limits is not None:
             limits = parse_rate_limits(venue.rate_limits, f"$.venues.{name}.rate_limits")
         else:
-            limits = limits_for(venue.feed)
+            limits = limits_for(venue.feed, venue.ccxt_id)
         budgets[name] = RateBudget(limits, cfg.exec.hedge_headroom_pct, clock=clock)
     return budgets

@@ -121,6 +121,7 @@ class Reason(enum.IntEnum):
     SYMBOL_PAUSED = 27  # a position mismatch paused the symbol
     RATE_LIMIT = 28  # the venue's request budget for entries is spent
     CAPITAL = 29  # the capital pool cannot reserve the margin
+    READ_ONLY = 30  # mode readonly: the opportunity is journaled, never traded
 
 
 class Purpose(str, enum.Enum):

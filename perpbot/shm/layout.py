@@ -142,7 +142,10 @@ class ScannerCounter(enum.IntEnum):
 class ExecCounter(enum.IntEnum):
     OPPS_RECEIVED = 0
     OPPS_TOO_OLD = 1
-    ORDERS_CHECKED = 2
+    #: orders that passed every risk layer (RiskGate.approved). Every order sent was approved
+    #: once, so ORDERS_SENT equals it but for orders a kill switch held back in between
+    #: (counted in RISK_REJECTS): the proof that nothing reaches a venue unchecked
+    ORDERS_APPROVED = 2
     ORDERS_SENT = 3
     FILLS = 4
     TRADES_OPENED = 5

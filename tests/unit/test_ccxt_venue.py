@@ -10,6 +10,7 @@ from typing import Any
 import ccxt
 import pytest
 
+from perpbot.config import ccxt_id_of
 from perpbot.errors import FatalError, RejectedError, RetryableError
 from perpbot.exec.venues.base import OrderRequest, OrderResult, OrderStatus, OrderType, Side
 from perpbot.exec.venues.ccxt_venue import (
@@ -17,7 +18,6 @@ from perpbot.exec.venues.ccxt_venue import (
     HOUR_MS,
     QUIRKS,
     CcxtVenue,
-    ccxt_id_of,
     client_order_id_problem,
     contract_size,
     credential_env_names,

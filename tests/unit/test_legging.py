@@ -316,3 +316,15 @@ def test_every_order_sent_was_checked_and_approved(rig: Rig) -> None:
 def _sent_types(r: Rig) -> list[tuple[str, OrderType]]:
     return [(q.client_order_id, q.order_type) for v in r.venues for q in v.sent
             if isinstance(q, OrderRequest)]
+
+
+def test_readonly_mode_journals_opportunities_and_sends_nothing(make_rig: Callable[..., Rig]) -> None:
+    r = make_rig(mode="readonly")
+    r.quote(0, 59999.9, 60000.0)
+    r.quote(1, 60300.0, 60300.1)
+    assert r.on_opp() is Reason.READ_ONLY
+    assert r.sent() == [] and r.engine.gate.checked == 0
+    r.journal.flush()
+    con = r.db()
+    assert con.execute("SELECT reason FROM skips").fetchone()[0] == "READ_ONLY"
+    con.close()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from kit import example_raw
 
-from perpbot.config import parse_config
+from perpbot.config import ccxt_id_of, parse_config
 from perpbot.errors import ConfigError
 from perpbot.exec.ratelimit import (
     DEFAULT_LIMITS,
@@ -18,7 +18,6 @@ from perpbot.exec.ratelimit import (
     RateLimit,
     budgets_from_config,
     limits_for,
-    venue_ccxt_id,
 )
 
 MS = 1_000_000
@@ -225,8 +224,8 @@ def test_every_native_feed_has_published_limits() -> None:
         assert limits_for(feed) == VENUE_LIMITS[feed]
         kinds = {r.kind for r in VENUE_LIMITS[feed]}
         assert "requests" in kinds, feed
-    assert venue_ccxt_id("ccxt:okx") == "okx"
-    assert venue_ccxt_id("gate") == "gate"
+    assert ccxt_id_of(None, "ccxt:okx") == "okx"
+    assert ccxt_id_of(None, "gate") == "gate"
     assert limits_for("ccxt:okx") == VENUE_LIMITS["okx"]
     assert limits_for("ccxt:aster") == DEFAULT_LIMITS
 

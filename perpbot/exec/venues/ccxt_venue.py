@@ -433,14 +433,6 @@ CREDENTIAL_CONFIG_KEYS: dict[str, str] = {
 }
 
 
-def ccxt_id_of(ccxt_id: str | None, feed: str) -> str:
-    """A configured venue's ccxt id: `ccxt_id` when set, else its feed's (`ccxt:<id>`, or the native
-    feed's name, which is its ccxt id)."""
-    if ccxt_id:
-        return ccxt_id
-    return feed.split(":", 1)[1] if feed.startswith("ccxt:") else feed
-
-
 def passphrase_env_name(api_key_env: str) -> str:
     """The variable holding an OKX / Bitget key's passphrase: the key's name with _KEY replaced by
     _PASSPHRASE (OKX_API_KEY -> OKX_API_PASSPHRASE), or _PASSPHRASE appended."""

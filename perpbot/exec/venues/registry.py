@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from perpbot.clock import now_ns
-from perpbot.config import Config, VenueConfig
+from perpbot.config import Config, VenueConfig, ccxt_id_of
 from perpbot.errors import ConfigError
 from perpbot.exec.venues.base import (
     Balance,
@@ -53,8 +53,6 @@ READONLY_REASON = "readonly mode: no orders are sent"
 def venue_ccxt_id(v: VenueConfig) -> str:
     """The ccxt exchange id of a configured venue: `ccxt_id`, else the feed's (`ccxt:<id>` or the
     native feed's name, which is its ccxt id)."""
-    from perpbot.exec.venues.ccxt_venue import ccxt_id_of
-
     return ccxt_id_of(v.ccxt_id, v.feed)
 
 
