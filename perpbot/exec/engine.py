@@ -64,7 +64,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -282,6 +282,8 @@ class Engine:
         self._funding_seen: set[str] = journal.funding_ids()
         self._funding_since_ms = wall_ms()
         self._margin_free: list[Decimal | None] = [None] * len(venues)
+        self._capital_dirty: set[int] = set()
+        self._capital_task: asyncio.Task[None] | None = None
         self._open_orders = [0] * len(venues)
 
     # -- public API ------------------------------------------------------------------
@@ -314,6 +316,7 @@ class Engine:
         self._closed = True
         async with self._lock:
             pass
+        await self.capital_settled()
 
     def note_superseded(self, opp: Opportunity, ts_recv_ns: int) -> None:
         """An opportunity dropped unread because a newer one for the same pair came with it."""
@@ -1022,6 +1025,9 @@ class Engine:
     def qty(self, venue: int, symbol: int) -> Decimal:
         return self.book.qty(venue, symbol)
 
+    def held(self) -> Iterator[tuple[int, int, Decimal]]:
+        return ((v, s, p.qty) for (v, s), p in self.book.held())
+
     def mark(self, venue: int, symbol: int) -> Decimal | None:
         q = self._board.read(venue, symbol)
         if q is None or not (q.bid > 0 and q.ask > 0):
@@ -1215,8 +1221,30 @@ class Engine:
         self._emit(EventType.POSITION_UPDATED, payload)
 
     async def _capital_snapshot(self, venues: set[int]) -> None:
-        """After fills: the touched venues' balances into capital, status and an event."""
-        await self.refresh_capital(venues)
+        """After fills: the touched venues' balances, read in the background.
+
+        Reading balances is a round trip per venue; done inline it would hold
+        the decision lock and delay the next opportunity. Meanwhile the capital
+        pools are exact (reservations are counted at once); only the venues'
+        own free margin lags by that round trip. Coalesced: one read in flight.
+        """
+        self._capital_dirty |= venues
+        if self._capital_task is None or self._capital_task.done():
+            self._capital_task = asyncio.get_running_loop().create_task(self._flush_capital())
+
+    async def _flush_capital(self) -> None:
+        while self._capital_dirty:
+            venues, self._capital_dirty = self._capital_dirty, set()
+            try:
+                await self.refresh_capital(venues)
+            except Exception:
+                self._log.exception("capital snapshot after fills failed")
+
+    async def capital_settled(self) -> None:
+        """Wait for the balance reads started after fills (shutdown, tests)."""
+        task = self._capital_task
+        if task is not None and not task.done():
+            await task
 
     async def refresh_capital(self, venues: set[int] | None = None) -> None:
         """Balances (all venues, or `venues`) -> capital pools, margin headroom, status, event."""

@@ -107,8 +107,16 @@ class PositionBook:
         self._pos[(venue, symbol)] = pos
         return pos
 
+    def held(self) -> Iterator[tuple[tuple[int, int], Position]]:
+        """The non-zero positions, unsorted (for the risk gate's exposure sums)."""
+        return ((k, p) for k, p in self._pos.items() if p.qty)
+
     def items(self) -> Iterator[tuple[tuple[int, int], Position]]:
         return iter(sorted(self._pos.items()))
+
+    def net(self, symbol: int) -> Decimal:
+        """Net quantity of one symbol across every venue (0 when the legs hedge each other)."""
+        return sum((p.qty for (_, s), p in self._pos.items() if s == symbol), _ZERO)
 
     def realized_pnl(self) -> Decimal:
         return sum((p.realized_pnl for p in self._pos.values()), _ZERO)

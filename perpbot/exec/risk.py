@@ -78,7 +78,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal, Protocol
@@ -229,6 +229,10 @@ class RiskView(Protocol):
         """Our signed net position on the venue in the symbol, base units (+ long, - short)."""
         ...
 
+    def held(self) -> Iterable[tuple[int, int, Decimal]]:
+        """Every non-zero position as (venue, symbol, signed qty): what exposure is summed over."""
+        ...
+
     def mark(self, venue: int, symbol: int) -> Decimal | None:
         """The board mid of the venue and symbol, USD per base unit; None when it has no quote."""
         ...
@@ -285,7 +289,7 @@ def check_legs(
             return _refuse(Reason.REDUCE_ONLY, "global", "trading state REDUCE_ONLY: nothing new is opened")
         for i, leg in enumerate(legs):
             if leg.purpose is Purpose.HEDGE:
-                net0 = sum((view.qty(v, leg.symbol) for v in range(view.n_venues)), _ZERO)
+                net0 = sum((q for _, s, q in view.held() if s == leg.symbol), _ZERO)
                 net1 = net0 + sum((lg.side.sign * lg.qty for lg in legs if lg.symbol == leg.symbol), _ZERO)
                 if abs(net1) > abs(net0):
                     return _refuse(Reason.REDUCE_ONLY, "global",
@@ -302,11 +306,26 @@ def check_legs(
         if leg.price > 0:
             fallback.setdefault(key, leg.price)
 
+    # positions after the decision, only where there are any: exposure sums run over these,
+    # not over every venue x symbol of the board (the gate is on the path to every order)
+    held: dict[tuple[int, int], Decimal] = {(v, s): q for v, s, q in view.held()}
+    for key, d in delta.items():
+        held[key] = held.get(key, _ZERO) + d
+
     def after(v: int, s: int) -> Decimal:
-        return view.qty(v, s) + delta.get((v, s), _ZERO)
+        return held.get((v, s), _ZERO)
+
+    marks: dict[tuple[int, int], Decimal | None] = {}
+
+    def mark(v: int, s: int) -> Decimal | None:
+        # one board read per pair per check: several layers value the same position
+        key = (v, s)
+        if key not in marks:
+            marks[key] = view.mark(v, s)
+        return marks[key]
 
     def value(v: int, s: int) -> Decimal | None:
-        m = view.mark(v, s)
+        m = mark(v, s)
         return fallback.get((v, s)) if m is None else m
 
     def notional(pairs: Sequence[tuple[int, int]]) -> tuple[Decimal, tuple[int, int] | None]:
@@ -322,8 +341,7 @@ def check_legs(
         return total, None
 
     if adding:
-        nv, ns = view.n_venues, view.n_symbols
-        gross, unvalued = notional([(v, s) for v in range(nv) for s in range(ns)])
+        gross, unvalued = notional(list(held))
         if unvalued is not None:
             return _refuse(Reason.NO_QUOTE, "global",
                            f"cannot value the position on venue {unvalued[0]} symbol {unvalued[1]}: no mid")
@@ -346,7 +364,7 @@ def check_legs(
             continue
         venue_done.add(v)  # venue-wide checks once, at the venue's first adding leg
         on_venue = [lg for lg in legs if lg.venue == v]
-        total, unvalued = notional([(v, s) for s in range(view.n_symbols)])
+        total, unvalued = notional([k for k in held if k[0] == v])
         if unvalued is not None:
             return _refuse(Reason.NO_QUOTE, "venue",
                            f"cannot value the position in symbol {unvalued[1]}: no mid", i)
@@ -381,11 +399,11 @@ def check_legs(
             return _refuse(Reason.MAX_POSITION, "symbol",
                            f"position after {pos} > {limits.max_position_notional_usd}", i)
         if leg.purpose is Purpose.OPEN:
-            mark = value(v, s)
-            if mark is None:
+            price = value(v, s)
+            if price is None:
                 return _refuse(Reason.NO_QUOTE, "symbol", "no mid to value the net position at", i)
-            net = sum((after(u, s) for u in range(view.n_venues)), _ZERO)
-            exposure = abs(net) * mark
+            net = sum((q for (_, t), q in held.items() if t == s), _ZERO)
+            exposure = abs(net) * price
             if exposure > limits.max_symbol_net_exposure_usd:
                 return _refuse(Reason.SYMBOL_EXPOSURE, "symbol",
                                f"net {net} across venues, {exposure} > "
@@ -407,7 +425,7 @@ def check_legs(
             return _refuse(Reason.OFF_GRID, "order", f"limit price {lp} off tick {mkt.tick_size}", i)
         if leg.purpose in _ADDS:
             ref = leg.price if lp is None else lp
-            mid = view.mark(leg.venue, leg.symbol)
+            mid = mark(leg.venue, leg.symbol)
             if mid is None or mid <= 0:
                 return _refuse(Reason.NO_QUOTE, "order", "no board mid to check the price against", i)
             if abs(ref - mid) * _BPS > limits.price_band_bps * mid:

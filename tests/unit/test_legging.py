@@ -328,3 +328,18 @@ def test_readonly_mode_journals_opportunities_and_sends_nothing(make_rig: Callab
     con = r.db()
     assert con.execute("SELECT reason FROM skips").fetchone()[0] == "READ_ONLY"
     con.close()
+
+
+def test_balances_are_read_again_after_fills(rig: Rig) -> None:
+    before = rig.engine.margin_free(0)
+
+    async def trade_and_settle() -> None:
+        assert await rig.engine.on_opportunity(rig.opp(), rig.clock.t) is Reason.OK
+        await rig.engine.capital_settled()
+
+    asyncio.run(trade_and_settle())
+    after = rig.engine.margin_free(0)
+    assert before is not None and after is not None and after < before  # margin now locked
+    assert float(after) == float(rig.status.capital[0]["free"])
+    snaps = [p for k, p in rig.events.seen if k is EventType.CAPITAL_SNAPSHOT_UPDATE]
+    assert "binanceusdm" in snaps[-1] and "okx" in snaps[-1]

@@ -71,3 +71,15 @@ def test_book_keeps_each_venue_and_symbol_apart_and_mirrors_floats() -> None:
     book.mirror(view, 1, 1)
     assert view[1, 1]["qty"] == -0.5 and view[1, 1]["avg_price"] == 3010.0
     assert [k for k, _ in book.items()] == [(0, 1), (1, 1)]
+
+
+def test_net_per_symbol_across_venues_and_funding_in_realized() -> None:
+    book = PositionBook(3, 2)
+    book.apply(0, 0, Side.BUY, D("0.5"), D("3000"), D("0"))
+    book.apply(1, 0, Side.SELL, D("0.3"), D("3001"), D("0"))
+    book.apply(2, 0, Side.SELL, D("0.2"), D("3002"), D("0"))
+    book.apply(2, 1, Side.BUY, D("1"), D("10"), D("0"))
+    assert book.net(0) == 0  # hedged across three venues
+    assert book.net(1) == D("1")
+    book.add_funding(2, 1, D("-0.0125"))
+    assert book.get(2, 1).realized_pnl == D("-0.0125") and book.get(2, 1).qty == D("1")

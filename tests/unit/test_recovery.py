@@ -116,6 +116,7 @@ def _restart(r: Rig, state: RecoveredState | None = None) -> tuple[Engine, Journ
     journal = Journal(r.jpath, run_id=RUN, clock=r.clock)
     engine = Engine(cfg, r.board, r.status, journal, venues, run_id=RUN, clock=r.clock)
     engine.restore(state)
+    asyncio.run(engine.start())  # as the exec process does: balances and funding once recovered
     return engine, journal, venues
 
 

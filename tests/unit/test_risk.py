@@ -67,6 +67,9 @@ class View:
     def qty(self, venue: int, symbol: int) -> D:
         return self.pos.get((venue, symbol), D(0))
 
+    def held(self) -> list[tuple[int, int, D]]:
+        return [(v, s, q) for (v, s), q in self.pos.items() if q]
+
     def mark(self, venue: int, symbol: int) -> D | None:
         return self.marks.get((venue, symbol))
 
