@@ -115,6 +115,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+import orjson
+
 from perpbot.clock import now_ns
 from perpbot.config import Config
 from perpbot.errors import RetryableError
@@ -312,6 +314,7 @@ class PaperVenue(Venue):
         #: per (symbol, side of the resting orders): the board seq last matched and the size used
         self._rest_used: dict[tuple[str, Side], tuple[int, Decimal]] = {}
         self._faults: list[list[Any]] = []  # [Fault, hits left]
+        self._dirty = False  # ledger lines written but not flushed
         self._n_orders = 0
         self._n_external = 0
         # no funding for boundaries before the venue existed
@@ -321,7 +324,7 @@ class PaperVenue(Venue):
         self.connected = False
 
         self._path = ledger_path
-        self._fh: IO[str] | None = None
+        self._fh: IO[bytes] | None = None
         if ledger_path is not None:
             if ledger_path.exists() and ledger_path.stat().st_size:
                 self._load(ledger_path)
@@ -421,7 +424,9 @@ class PaperVenue(Venue):
                 raise ValueError(f"no quote for {symbol} to price an external fill")
             price = round_price(top.mid, market.tick_size, side)
         coid = f"external-{self.name}-{self._n_external + 1}"
-        return self._emit_fill(coid, symbol, side, abs(qty), price, _ZERO, f"{coid}-1")
+        fill = self._emit_fill(coid, symbol, side, abs(qty), price, _ZERO, f"{coid}-1")
+        self._flush()
+        return fill
 
     # -- account -------------------------------------------------------------------------------
 
@@ -490,6 +495,7 @@ class PaperVenue(Venue):
                     booked.append(self._funding[-1])
             self._emit({"e": "funded", "until_ms": boundary})
             boundary += step
+        self._flush()
         return booked
 
     def restore(self, fills: Iterable[Fill]) -> None:
@@ -750,7 +756,8 @@ class PaperVenue(Venue):
     # -- time ----------------------------------------------------------------------------------
 
     async def _latency(self) -> None:
-        """Half of one round trip."""
+        """Half of one round trip; what the venue booked so far is on disk before either half."""
+        self._flush()
         if self._latency_s <= 0 and self._jitter_s <= 0:
             return
         delay = self._latency_s / 2
@@ -784,6 +791,7 @@ class PaperVenue(Venue):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), timeout)
                 self._catch_up()
+                self._flush()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -807,10 +815,16 @@ class PaperVenue(Venue):
     def _emit(self, ev: dict[str, Any]) -> None:
         if self._path is not None:
             if self._fh is None:
-                self._fh = self._path.open("a", encoding="utf-8")
-            self._fh.write(json.dumps(ev, separators=(",", ":")) + "\n")
-            self._fh.flush()
+                self._fh = self._path.open("ab")
+            # one write per event, one flush per answer (`_flush`): a call books 2-3 events
+            self._fh.write(orjson.dumps(ev) + b"\n")
+            self._dirty = True
         self._apply(ev)
+
+    def _flush(self) -> None:
+        if self._dirty and self._fh is not None:
+            self._fh.flush()
+            self._dirty = False
 
     def _apply(self, ev: dict[str, Any]) -> None:
         kind = ev["e"]
