@@ -193,8 +193,10 @@ class ExecConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True)
     retry_attempts: PosInt = 3
     #: wait before the 2nd send; doubles for each further one
     retry_backoff_ms: PosFloat = 20.0
-    #: how often a resting order is asked for its state
+    #: first interval at which a resting order is asked for its state; doubles after each ask
     order_poll_ms: PosFloat = 2.0
+    #: the longest interval between two asks about a resting order
+    max_order_poll_ms: PosFloat = 100.0
     #: a leg that filled less than its partner must be hedged or unwound within this
     legging_deadline_ms: PosInt = 2000
     #: hedge a leg that filled nothing on the next-best venue when its own venue fails

@@ -263,9 +263,10 @@ class Engine:
         # readonly watches real venues: every opportunity is journaled as a skip, none is traded
         self._read_only = cfg.mode == "readonly"
         policy = OrderPolicy(retry_attempts=ex.retry_attempts, retry_backoff_ms=ex.retry_backoff_ms,
-                             poll_ms=ex.order_poll_ms)
-        self._runners = [OrderRunner(v, policy, clock=clock, sleep=sleep, log=self._log)
-                         for v in venues]
+                             poll_ms=ex.order_poll_ms, max_poll_ms=ex.max_order_poll_ms)
+        self._budgets = [budgets.get(n) if budgets else None for n in self._vnames]
+        self._runners = [OrderRunner(v, policy, clock=clock, sleep=sleep, log=self._log, budget=b)
+                         for v, b in zip(venues, self._budgets)]
         self._rtt = [0.0] * len(venues)  # order round trip per venue, ns, smoothed
         self._unresolved: dict[str, tuple[int, LegCheck, OrderRequest]] = {}
         self._fallbacks = 0
@@ -273,7 +274,6 @@ class Engine:
         self._snapshots = SnapshotProvider(cfg.capital, self._capital, clock=clock, log=self._log)
         self._leverage = [Decimal(repr(cfg.capital.leverage_per_venue.get(n, cfg.capital.leverage)))
                           for n in self._vnames]
-        self._budgets = [budgets.get(n) if budgets else None for n in self._vnames]
         self._wall_ms = wall_ms
         #: symbol index -> why it is paused (a position mismatch); opens are refused
         self.paused_symbols: dict[int, str] = {}
@@ -312,10 +312,20 @@ class Engine:
         return await self._check(force="flatten")
 
     async def drain(self) -> None:
-        """Take no further decisions and wait until orders in flight have finished."""
+        """Take no further decisions, wait for orders in flight, and leave no leg naked.
+
+        Open trades stay open (the journal holds them for the next start), but a
+        trade whose legs differ is unwound first: stopping must not leave
+        exposure that nothing hedges.
+        """
         self._closed = True
         async with self._lock:
-            pass
+            for trade in list(self.trades.values()):
+                if not trade.balanced and not self._status.halted():
+                    self._log.warning("stopping: trade %d legs differ (long %s, short %s); unwinding",
+                                      trade.trade_id, trade.long_qty, trade.short_qty)
+                    if await self._unwind(trade):
+                        self._settle(trade, "unwind")
         await self.capital_settled()
 
     def note_superseded(self, opp: Opportunity, ts_recv_ns: int) -> None:
@@ -622,6 +632,9 @@ class Engine:
                 else:
                     why = self._close_reason(trade)
                     sent = why is not None and await self._close(trade, why)
+                if sent and not trade.balanced:
+                    # the close's legs filled differently: take the larger down now, not a check later
+                    await self._unwind(trade)
                 if sent and why is not None:
                     closed += self._settle(trade, why)
             return closed
@@ -656,13 +669,14 @@ class Engine:
             deficit = trade.long_qty - trade.short_qty
             if deficit > 0:  # the short leg is missing: sell on the sell venue
                 v, side, qty, leg = trade.sell_venue, Side.SELL, deficit, "sell"
-                untouched = trade.short_qty == 0
             else:  # the long leg is missing: buy on the buy venue
                 v, side, qty, leg = trade.buy_venue, Side.BUY, -deficit, "buy"
-                untouched = trade.long_qty == 0
             sent = await self._hedge(trade, v, side, qty, leg, "same venue")
             if trade.balanced:
                 break
+            # the leg may move only while its venue holds nothing of it: a trade's legs are
+            # one venue each, which is how its fills are told apart
+            untouched = (trade.short_qty if leg == "sell" else trade.long_qty) == 0
             if (self._next_best and untouched and not tried_next_best
                     and not self._unresolved_on(trade)):
                 tried_next_best = True
@@ -856,7 +870,7 @@ class Engine:
         """Ask the venues again about orders whose final state was unknown."""
         for coid, (tid, leg, req) in list(self._unresolved.items()):
             try:
-                got = await self._venues[leg.venue].fetch_order(coid, req.symbol)
+                got = await self._runners[leg.venue].lookup(req)
             except Exception as e:  # still cannot say: ask again next time
                 self._log.debug("fetch_order %s still failing: %r", coid, e)
                 continue
@@ -912,8 +926,13 @@ class Engine:
                 if f.side is Side.BUY and leg.purpose in _ENTRY_PURPOSES:
                     trade.buy_cost += f.qty * f.price
                     trade.buy_filled += f.qty
-            else:
+            elif v == trade.sell_venue:
                 trade.short_qty -= f.side.sign * f.qty
+            else:  # cannot happen while legs move only when empty; if it does, say so loudly
+                self._log.error("trade %d: fill %s on %s, neither of its venues", trade.trade_id,
+                                f.fill_id, self._vnames[v])
+                self._journal.record_incident(trade.trade_id, "stray_fill",
+                                              f"{f.fill_id} on {self._vnames[v]}")
             if leg.purpose in _ENTRY_PURPOSES:
                 self._commit_capital(trade, v, f.qty * f.price)
             self._emit(EventType.ORDER_FILLED, {
@@ -1089,6 +1108,15 @@ class Engine:
             return False
         return all(b.try_acquire(Priority.ENTRY, orders=1) for b, _ in budgets)
 
+    def _may_read(self, venue: int) -> bool:
+        """A periodic read (balances, positions, funding) fits the venue's budget now.
+
+        Never waits: these reads can come next round, and a reconciliation holds
+        the decision lock. They take the entry share, so hedges keep theirs.
+        """
+        b = self._budgets[venue]
+        return b is None or b.try_acquire(Priority.ENTRY, requests=1)
+
     async def _take_exit_budget(self, venue: int) -> None:
         b = self._budgets[venue]
         if b is not None and not await b.acquire(Priority.EXIT, orders=1, timeout_s=1.0):
@@ -1107,7 +1135,7 @@ class Engine:
         """Read funding rates, and book the payments the venues report on our positions."""
         for v, venue in enumerate(self._venues):
             for s, name in enumerate(self._snames):
-                if self._markets[v][s] is None:
+                if self._markets[v][s] is None or not self._may_read(v):
                     continue
                 try:
                     self.funding[(v, s)] = await venue.funding_rate(name)
@@ -1116,6 +1144,8 @@ class Engine:
         since = self._funding_since_ms
         async with self._lock:
             for v, venue in enumerate(self._venues):
+                if not self._may_read(v):
+                    continue
                 try:
                     payments = await venue.funding_payments(since)
                 except Exception as e:
@@ -1158,6 +1188,8 @@ class Engine:
             bad: dict[int, str] = {}
             for v, venue in enumerate(self._venues):
                 try:
+                    if not self._may_read(v):
+                        raise RuntimeError("request budget spent; next round")
                     reported = await venue.positions()
                 except Exception as e:
                     self._log.warning("positions of %s unavailable: %r", self._vnames[v], e)
@@ -1248,7 +1280,8 @@ class Engine:
 
     async def refresh_capital(self, venues: set[int] | None = None) -> None:
         """Balances (all venues, or `venues`) -> capital pools, margin headroom, status, event."""
-        which = sorted(range(len(self._venues)) if venues is None else venues)
+        which = [v for v in sorted(range(len(self._venues)) if venues is None else venues)
+                 if self._may_read(v)]
         snap = await self._snapshots.refresh([self._venues[v] for v in which])
         for v in which:
             b = snap.balances.get(self._vnames[v])

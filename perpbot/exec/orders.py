@@ -11,7 +11,10 @@ order. It owns three rules that keep money from being lost or doubled:
   A refusal (`RejectedError`) is never retried: it is a REJECTED result.
 - **Follow** an order that rests (status OPEN: a maker order, or a taker
   order the venue has not finished) by polling `fetch_order` until it is
-  terminal or its deadline passes.
+  terminal or its deadline passes, quickly at first and then backing off.
+  Every question asked (fetch, cancel) is
+  one request from the venue's rate budget at exit priority, which paces the
+  polling on a real venue.
 - **Cancel, then ask**: at the deadline the order is cancelled and its final
   state is whatever the venue then reports. A cancel can lose a race with a
   fill (the cancel returns False, or the order fills while the cancel is in
@@ -32,6 +35,7 @@ from decimal import Decimal
 
 from perpbot.clock import now_ns
 from perpbot.errors import FatalError, RejectedError
+from perpbot.exec.ratelimit import Priority, RateBudget
 from perpbot.exec.venues.base import OpenOrder, OrderRequest, OrderResult, OrderStatus, Venue
 
 _MS = 1_000_000
@@ -44,7 +48,8 @@ class OrderPolicy:
 
     retry_attempts: int = 3  # sends of one request, the first included
     retry_backoff_ms: float = 20.0  # before the 2nd send; doubles after each
-    poll_ms: float = 2.0  # fetch_order interval while an order rests
+    poll_ms: float = 2.0  # first fetch_order interval while an order rests; doubles each time
+    max_poll_ms: float = 100.0  # up to this
     cancel_timeout_ms: float = 1000.0  # after a cancel, how long to wait for a terminal state
 
 
@@ -72,8 +77,9 @@ class OrderRunner:
 
     def __init__(self, venue: Venue, policy: OrderPolicy, *, clock: Callable[[], int] = now_ns,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 log: logging.Logger | None = None) -> None:
+                 log: logging.Logger | None = None, budget: RateBudget | None = None) -> None:
         self.venue = venue
+        self._budget = budget
         self.policy = policy
         self._clock = clock
         self._sleep = sleep
@@ -92,8 +98,12 @@ class OrderRunner:
     async def follow(self, req: OrderRequest, res: OrderResult, *, deadline_ns: int,
                      sends: int = 1) -> Outcome:
         """Poll a resting order until terminal or `deadline_ns`, then cancel and settle."""
+        wait = self.policy.poll_ms
         while self._clock() < deadline_ns:
-            await self._sleep(self.policy.poll_ms / 1000)
+            await self._sleep(min(wait, max(deadline_ns - self._clock(), 0) / 1e6) / 1000)
+            # quick at first (most orders finish at once), then backing off: a venue's request
+            # budget is not spent on one resting order
+            wait = min(wait * 2, self.policy.max_poll_ms)
             got = await self._ask(req)
             if isinstance(got, OrderResult) and got.status.terminal:
                 return Outcome(got, sends)
@@ -104,6 +114,7 @@ class OrderRunner:
         """Cancel a resting order and take the venue's word for its final state."""
         coid, sym = req.client_order_id, req.symbol
         try:
+            await self._spend()
             await self.venue.cancel_order(coid, sym)
         except Exception as e:  # the venue's answer below decides
             self._log.warning("cancel of %s on %s failed: %r; asking for its state", coid,
@@ -156,11 +167,24 @@ class OrderRunner:
 
     async def _ask(self, req: OrderRequest) -> OrderResult | OpenOrder | object | None:
         try:
+            await self._spend()
             return await self.venue.fetch_order(req.client_order_id, req.symbol)
         except Exception as e:  # reported as "cannot say"
             self._log.warning("fetch_order %s on %s failed: %r", req.client_order_id,
                               self.venue.name, e)
             return _ASK_FAILED
+
+    async def lookup(self, req: OrderRequest) -> OrderResult | OpenOrder | None:
+        """The venue's answer about one order (raises when it cannot say), paid from the budget."""
+        await self._spend()
+        return await self.venue.fetch_order(req.client_order_id, req.symbol)
+
+    async def _spend(self) -> None:
+        """One request from the venue's budget, at exit priority: settling an order is never an
+        entry. Polling a resting order is what this paces on a real venue."""
+        if self._budget is not None and not await self._budget.acquire(
+                Priority.EXIT, requests=1, timeout_s=self.policy.cancel_timeout_ms / 1000):
+            self._log.warning("%s: request budget spent; asking about an order anyway", self.venue.name)
 
     def _rejected(self, req: OrderRequest, reason: str) -> OrderResult:
         ts = self._clock()

@@ -12,7 +12,7 @@ answers, like a real venue's. After the run, to the smallest unit:
 - fees per venue, positions per venue and symbol (quantity, average price,
   realized PnL after fees) rebuilt from the journal equal the ledgers';
 - each finished trade's realized PnL in the journal equals the cash its fills
-  moved in the ledgers;
+  moved in the ledgers, and its fills net to zero on every venue;
 - no client order id was sent twice as two orders;
 - what is still held is hedged (net zero per symbol across venues).
 """
@@ -120,6 +120,14 @@ def test_the_journal_equals_the_paper_ledgers_after_a_demo_run(run: dict[str, An
     assert finished
     for r in finished:
         assert Decimal(r["realized_pnl"]) == by_trade.get(r["trade_id"], Decimal(0)), r["trade_id"]
+    # a finished trade left nothing behind on any venue: its fills net to zero venue by venue
+    left: dict[tuple[int, str], Decimal] = {}
+    done = {r["trade_id"] for r in finished}
+    for f in ledger_fills:
+        tid = int(f.client_order_id.removeprefix(f"{run_id}-").split("-")[0])
+        if tid in done:
+            left[(tid, f.venue)] = left.get((tid, f.venue), Decimal(0)) + f.side.sign * f.qty
+    assert {k: q for k, q in left.items() if q} == {}
     closed = sum(1 for _ in con.execute("SELECT 1 FROM trades WHERE state='closed'"))
     assert closed > 10
 

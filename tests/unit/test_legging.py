@@ -343,3 +343,35 @@ def test_balances_are_read_again_after_fills(rig: Rig) -> None:
     assert float(after) == float(rig.status.capital[0]["free"])
     snaps = [p for k, p in rig.events.seen if k is EventType.CAPITAL_SNAPSHOT_UPDATE]
     assert "binanceusdm" in snaps[-1] and "okx" in snaps[-1]
+
+
+def test_stopping_unwinds_a_leg_left_naked_but_keeps_hedged_trades(rig: Rig) -> None:
+    assert rig.on_opp() is Reason.OK  # trade 1: hedged, stays open through the stop
+
+    def naked(req: OrderRequest) -> None:
+        if req.client_order_id.endswith("2-open-sell"):
+            rig.venues[1].inject(Fault(FaultKind.REJECT, count=4))  # the open sell and every hedge
+            rig.quote(0, 59999.9, 60000.0, age_ms=5000)  # the unwind is refused: stale quote
+
+    rig.venues[1].before = naked
+    rig.on_opp(rig.opp(2))
+    assert not rig.engine.trades[2].balanced
+    rig.venues[1].before = None
+    rig.quote(0, 59999.9, 60000.0)
+    asyncio.run(rig.engine.drain())
+    assert sorted(rig.engine.trades) == [1] and rig.engine.trades[1].balanced
+    assert rig.venues[0].sent[-1].client_order_id == "r1-2-unwind-sell"
+    _book_agrees(rig)
+
+
+def test_a_leg_partly_hedged_on_its_venue_is_never_moved_to_another(rig: Rig) -> None:
+    rig.quote(2, 60280.0, 60280.1)  # a next-best venue is there, but must not be used
+    rig.venues[1].inject(Fault(FaultKind.REJECT))  # the open sell
+    rig.venues[1].inject(Fault(FaultKind.PARTIAL, fraction=D("0.5")))  # its hedge: half
+    assert rig.on_opp() is Reason.OK
+    (trade,) = rig.engine.trades.values()
+    assert trade.sell_venue == 1 and trade.balanced and trade.hedged_qty == D("0.008")
+    assert rig.venues[2].sent == [] and "leg_moved" not in _incidents(rig)
+    assert rig.venues[0].sent[-1].client_order_id == "r1-1-unwind-sell"  # the excess came down
+    assert (rig.engine.book.qty(0, BTC), rig.engine.book.qty(1, BTC)) == (D("0.008"), D("-0.008"))
+    _flat_and_reconciled(rig)

@@ -161,3 +161,18 @@ def test_an_unexpected_error_counts_as_unknown_and_is_asked(clock: Clock) -> Non
     out = _run(v, clock)
     assert out.result.status is OrderStatus.FILLED and v.calls == ["place", "fetch"]
 
+
+
+def test_every_question_is_paid_from_the_venues_budget(clock: Clock) -> None:
+    from perpbot.exec.ratelimit import Priority, RateBudget, RateLimit
+
+    budget = RateBudget((RateLimit(100, 1000, "requests"),), headroom_pct=20, clock=clock)
+    resting = OpenOrder(REQ.client_order_id, REQ.symbol, REQ.side, REQ.qty, D(0), REQ.price)
+    v = Scripted([_open()], [resting, resting, _filled()], cancel=[False])
+    runner = OrderRunner(v, OrderPolicy(poll_ms=2), clock=clock, sleep=clock.sleep, budget=budget)
+    asyncio.run(runner.run(REQ, deadline_ns=3_000_000))
+    asked = v.calls.count("fetch") + v.calls.count("cancel")
+    (usage,) = budget.usage()
+    assert usage.used == asked == 4
+    # the entries' share is what is left of 80: the hedge headroom was not needed here
+    assert budget.try_acquire(Priority.ENTRY, requests=76) and not budget.try_acquire(Priority.ENTRY)
