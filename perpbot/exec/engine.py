@@ -1187,12 +1187,15 @@ class Engine:
             found: list[tuple[str, str, Decimal, Decimal]] = []
             bad: dict[int, str] = {}
             for v, venue in enumerate(self._venues):
-                try:
-                    if not self._may_read(v):
-                        raise RuntimeError("request budget spent; next round")
-                    reported = await venue.positions()
-                except Exception as e:
-                    self._log.warning("positions of %s unavailable: %r", self._vnames[v], e)
+                reported = None
+                if self._may_read(v):
+                    try:
+                        reported = await venue.positions()
+                    except Exception as e:
+                        self._log.warning("positions of %s unavailable: %r", self._vnames[v], e)
+                else:  # its request budget is spent on trading: compare next round
+                    self._log.debug("positions of %s: request budget spent", self._vnames[v])
+                if reported is None:
                     # cannot compare: keep whatever was paused on this venue's account
                     for s, why in self.paused_symbols.items():
                         if why.startswith(self._vnames[v] + " "):
