@@ -28,8 +28,8 @@ def _counters(status: StatusBoard, slot: int | None, names: type[ExecCounter | S
     return {n.name.lower(): int(c[n]) for n in names}
 
 
-def _hop_stats(status: StatusBoard) -> dict[str, dict[str, float | int | None]]:
-    out: dict[str, dict[str, float | int | None]] = {}
+def _hop_stats(status: StatusBoard) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
     for hop in Hop:
         counts = status.histogram(hop)
         n = sum(counts)
@@ -39,6 +39,8 @@ def _hop_stats(status: StatusBoard) -> dict[str, dict[str, float | int | None]]:
             "count": n,
             "p50_us": None if p50 is None else round(p50 / 1000, 2),
             "p99_us": None if p99 is None else round(p99 / 1000, 2),
+            # the raw log-linear bucket counts (perpbot.metrics), for any other quantile
+            "buckets": {str(i): int(c) for i, c in enumerate(counts) if c},
         }
     return out
 

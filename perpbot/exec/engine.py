@@ -1103,10 +1103,12 @@ class Engine:
 
     def _take_entry_budget(self, legs: Sequence[LegCheck]) -> bool:
         """One order on each leg's venue from the entry share of its rate budget, all or none."""
+        # an order counts in the venue's order windows only: its request windows pace the reads
+        # (balances, positions, order lookups), which venues limit per endpoint, separately
         budgets = [(b, leg) for leg in legs if (b := self._budgets[leg.venue]) is not None]
-        if any(b.wait_ms(Priority.ENTRY, orders=1) != 0 for b, _ in budgets):
+        if any(b.wait_ms(Priority.ENTRY, orders=1, requests=0) != 0 for b, _ in budgets):
             return False
-        return all(b.try_acquire(Priority.ENTRY, orders=1) for b, _ in budgets)
+        return all(b.try_acquire(Priority.ENTRY, orders=1, requests=0) for b, _ in budgets)
 
     def _may_read(self, venue: int) -> bool:
         """A periodic read (balances, positions, funding) fits the venue's budget now.
@@ -1119,7 +1121,7 @@ class Engine:
 
     async def _take_exit_budget(self, venue: int) -> None:
         b = self._budgets[venue]
-        if b is not None and not await b.acquire(Priority.EXIT, orders=1, timeout_s=1.0):
+        if b is not None and not await b.acquire(Priority.EXIT, orders=1, requests=0, timeout_s=1.0):
             # the venue would throttle us: send anyway, a hedge must not wait on our own limiter
             self._log.warning("exit order on %s exceeds its rate budget", self._vnames[venue])
 

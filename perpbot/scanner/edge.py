@@ -9,7 +9,7 @@ dearest sells.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 
 class Edge(NamedTuple):
@@ -65,3 +65,53 @@ def best_edge(bids: Sequence[float], asks: Sequence[float], buy_mult: Sequence[f
         if best is None or alt.edge_bps > best.edge_bps:
             best = alt
     return best
+
+
+class TopOfBook(Protocol):
+    """What `symbol_edge` reads of a quote (`perpbot.shm.Quote` has it)."""
+
+    @property
+    def bid(self) -> float: ...
+    @property
+    def ask(self) -> float: ...
+    @property
+    def bid_size(self) -> float: ...
+    @property
+    def ask_size(self) -> float: ...
+    @property
+    def ts_recv_ns(self) -> int: ...
+
+
+class SymbolEdge(NamedTuple):
+    edge: Edge | None
+    stale: int  # venues left out: feed not connected, or quote older than the stale limit
+    thin: int  # venues whose top of book on one side is below the minimum notional
+
+
+def symbol_edge(quotes: Sequence[TopOfBook | None], connected: Sequence[bool], t: int, *, stale_ns: int,
+                min_notional: float, buy_mult: Sequence[float], sell_mult: Sequence[float]) -> SymbolEdge:
+    """The best edge for one symbol over the venues' latest quotes at time `t`.
+
+    A venue takes part only with a connected feed and a quote younger than
+    `stale_ns`; a side of it only with at least `min_notional` at the top.
+    """
+    n = len(quotes)
+    bids = [0.0] * n
+    asks = [0.0] * n
+    can_buy = [False] * n
+    can_sell = [False] * n
+    stale = thin = 0
+    for v in range(n):
+        q = quotes[v]
+        if q is None:
+            continue
+        if not connected[v] or t - q.ts_recv_ns > stale_ns:
+            stale += 1
+            continue
+        bids[v] = q.bid
+        asks[v] = q.ask
+        can_buy[v] = q.ask * q.ask_size >= min_notional
+        can_sell[v] = q.bid * q.bid_size >= min_notional
+        if not (can_buy[v] and can_sell[v]):
+            thin += 1
+    return SymbolEdge(best_edge(bids, asks, buy_mult, sell_mult, can_buy, can_sell), stale, thin)

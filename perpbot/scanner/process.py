@@ -27,7 +27,7 @@ from perpbot.events import EventType
 from perpbot.messages import Opportunity, encode_opportunity
 from perpbot.metrics import LocalHistogram
 from perpbot.runctx import child_args, die_with_parent, load_run, on_stop_signals, setup_logging
-from perpbot.scanner.edge import best_edge, fee_multipliers
+from perpbot.scanner.edge import fee_multipliers, symbol_edge
 from perpbot.shm import Quote, QuoteBoard, StatusBoard
 from perpbot.shm.layout import FeedState, Hop, ProcState, Role, ScannerCounter
 
@@ -99,26 +99,10 @@ class Scanner:
     def _evaluate(self, s: int, trigger: Quote, t: int, connected: list[bool]) -> None:
         ctr = self.counters
         qs = self.quotes[s]
-        n = self.n_venues
-        bids = [0.0] * n
-        asks = [0.0] * n
-        can_buy = [False] * n
-        can_sell = [False] * n
-        min_notional = self.min_notional
-        for v in range(n):
-            q = qs[v]
-            if q is None:
-                continue
-            if not connected[v] or t - q.ts_recv_ns > self.stale_ns:
-                ctr[ScannerCounter.STALE_SKIPS] += 1
-                continue
-            bids[v] = q.bid
-            asks[v] = q.ask
-            can_buy[v] = q.ask * q.ask_size >= min_notional
-            can_sell[v] = q.bid * q.bid_size >= min_notional
-            if not (can_buy[v] and can_sell[v]):
-                ctr[ScannerCounter.THIN_SKIPS] += 1
-        e = best_edge(bids, asks, self.buy_mult, self.sell_mult, can_buy, can_sell)
+        e, stale, thin = symbol_edge(qs, connected, t, stale_ns=self.stale_ns, min_notional=self.min_notional,
+                                     buy_mult=self.buy_mult, sell_mult=self.sell_mult)
+        ctr[ScannerCounter.STALE_SKIPS] += stale
+        ctr[ScannerCounter.THIN_SKIPS] += thin
         if e is None or e.edge_bps < self.min_edge_bps:
             return
         key = (s, e.buy_venue, e.sell_venue)

@@ -1,4 +1,4 @@
-"""The SQLite journal: schema, intent committed before send, fills reference orders, reopen."""
+"""The SQLite journal: schema, intents durable before send, fills reference orders, reopen."""
 
 from __future__ import annotations
 
@@ -65,11 +65,16 @@ def test_schema_and_pragmas(jpath: Path) -> None:
         j.close()
 
 
-def test_intent_is_committed_before_anything_is_sent(jpath: Path) -> None:
+def test_intent_is_durable_before_anything_is_sent_and_settled_by_the_next_commit(jpath: Path) -> None:
     j = Journal(jpath, run_id="r1", clock=lambda: 5)
     try:
         _open(j)
-        db = _reader(jpath)  # another connection sees only committed rows
+        # durable: one line in the intent log, written before record_open_intent returned
+        (line,) = j.intent_log_path.read_bytes().splitlines()
+        assert b"r1-1-open-buy" in line and b"r1-1-open-sell" in line
+        db = _reader(jpath)  # SQLite has them once the next transaction commits
+        assert db.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == 0
+        j.flush()
         rows = db.execute("SELECT client_order_id, status, qty, price, ts_decide_ns, "
                           "ts_dispatch_ns FROM orders ORDER BY client_order_id").fetchall()
         assert [tuple(r) for r in rows] == [
@@ -80,6 +85,59 @@ def test_intent_is_committed_before_anything_is_sent(jpath: Path) -> None:
         db.close()
     finally:
         j.close()
+    assert j.intent_log_path.read_bytes() == b""  # closed: SQLite holds everything
+
+
+_CRASHER = """
+import os, sys
+from decimal import Decimal as D
+from perpbot.exec.journal import Journal, OrderIntent
+j = Journal(__import__("pathlib").Path(sys.argv[1]), run_id="r1")
+o = [OrderIntent(f"r1-1-open-{s}", 1, 77, "okx", "BTC-PERP", s, D("0.016"), D("60000.1"), "open", "ioc",
+                 False, 123) for s in ("buy", "sell")]
+j.record_open_intent(trade_id=1, opp_id=77, run_id="r1", symbol="BTC-PERP", buy_venue="okx",
+                     sell_venue="bybit", qty=D("0.016"), entry_edge_bps=6.5, orders=o)
+os._exit(0)  # dies with the orders (maybe) sent: no flush, no close
+"""
+
+
+def test_intents_of_a_process_that_died_become_intent_rows_when_the_journal_is_opened(
+        jpath: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    jpath.parent.mkdir(parents=True)
+    subprocess.run([sys.executable, "-c", _CRASHER, str(jpath)], check=True, timeout=60)
+    db = _reader(jpath)
+    assert db.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == 0  # only in the log
+    db.close()
+    j = Journal(jpath, run_id="r1")
+    try:
+        db = _reader(jpath)
+        rows = db.execute("SELECT client_order_id, status FROM orders ORDER BY 1").fetchall()
+        assert [tuple(r) for r in rows] == [("r1-1-open-buy", "intent"), ("r1-1-open-sell", "intent")]
+        assert db.execute("SELECT state FROM trades").fetchone()[0] == "opening"
+        db.close()
+        assert j.next_trade_id() == 2
+        with pytest.raises(sqlite3.IntegrityError):  # and their ids stay taken
+            _open(j, 1)
+    finally:
+        j.close()
+
+
+def test_a_torn_last_line_is_ignored(jpath: Path) -> None:
+    j = Journal(jpath, run_id="r1")
+    _open(j, 1)
+    log = j.intent_log_path.read_bytes()
+    j._db.close()  # simulate the crash: nothing settled
+    j.intent_log_path.write_bytes(log + log[: len(log) // 2])  # a second line cut by the crash
+    j2 = Journal(jpath, run_id="r1")
+    try:
+        db = _reader(jpath)
+        assert db.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == 2
+        db.close()
+    finally:
+        j2.close()
 
 
 def test_results_update_orders_and_insert_fills_that_reference_them(jpath: Path) -> None:
@@ -199,3 +257,20 @@ def test_checkpoints_run_off_the_writer_and_lose_nothing(jpath: Path) -> None:
     db = _reader(jpath)
     assert db.execute("SELECT COUNT(*) FROM trades").fetchone()[0] == 100
     db.close()
+
+
+def test_a_failed_transaction_leaves_its_intents_to_the_next_one(jpath: Path) -> None:
+    j = Journal(jpath, run_id="r1")
+    try:
+        _open(j, 1)
+        bad = OrderResult("r1-1-open-buy", "okx", "BTC-PERP", Side.BUY, D("0.016"), OrderStatus.FILLED,
+                          (Fill("f1", "r1-9-nope", "okx", "BTC-PERP", Side.BUY, D("0.016"), D("60000"),
+                                D("0.1"), 1),))
+        with pytest.raises(sqlite3.IntegrityError):
+            j.record_results([bad], 1)  # a fill of an unknown order: rolled back, intents with it
+        j.flush()
+        db = _reader(jpath)
+        assert db.execute("SELECT COUNT(*) FROM orders WHERE status='intent'").fetchone()[0] == 2
+        db.close()
+    finally:
+        j.close()

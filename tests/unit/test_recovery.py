@@ -205,6 +205,7 @@ def _crash_after_intent(r: Rig, trade_id: int) -> list[OrderRequest]:
                             buy.price, "open", "ioc", False, t),
                 OrderIntent(sell.client_order_id, trade_id, trade_id, "okx", sym, "sell", qty,
                             sell.price, "open", "ioc", False, t)])
+    r.journal.flush()  # what a restarted journal makes of the dead process's intent log
     return [buy, sell]
 
 
