@@ -222,11 +222,11 @@ def _scanner_cost() -> list[dict[str, Any]]:
 
 
 def _one_change_us(rows: list[dict[str, Any]]) -> float | None:
-    for r in rows:
-        if (r.get("venues"), r.get("symbols")) == (4, 50) or r is rows[-1]:
-            s = r.get("one_change")
-            return s.get("p50_us") if isinstance(s, dict) else None
-    return None
+    """The scanner's cost for one changed symbol on the largest board measured (the projection's)."""
+    if not rows:
+        return None
+    s = rows[-1].get("one_change")
+    return s.get("p50_us") if isinstance(s, dict) else None
 
 
 def _sweep(args: argparse.Namespace, rates: list[float], *, baseline: bool) -> list[dict[str, Any]]:

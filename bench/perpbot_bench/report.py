@@ -63,6 +63,11 @@ def hop_table(design: str, result: Mapping[str, Any], floors: Mapping[str, Any])
             vs = f"   {ratio(h['p50_us'], floor.get('p50_us'))} of {FLOOR_OF[name]}"
         lines.append(f"  {name:<22}{h['count']:>8}{fmt_us(h['p50_us']):>11}{fmt_us(h['p90_us']):>11}"
                      f"{fmt_us(h['p99_us']):>11}{fmt_us(h['p999_us']):>11}{fmt_us(h['max_us']):>11}{vs}")
+        spread = h.get("spread")
+        if spread:  # repeat runs: each percentile's min / median / max over the runs
+            lines.append("  " + " " * 22 + "   runs: " + "; ".join(
+                f"{k.removesuffix('_us')} {fmt_us(v['min'])} / {fmt_us(v['median'])} / {fmt_us(v['max'])}"
+                for k, v in spread.items() if k in ("p50_us", "p99_us")))
     cpu = result.get("cpu_pct")
     if cpu:
         lines.append("  CPU %: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()))
@@ -121,6 +126,26 @@ def target_lines(run: Mapping[str, Any]) -> list[str]:
                 r = h["p50_us"] / f["p50_us"]
                 lines.append(f"  {hop} within {FLOOR_RATIO_TARGET}x of {floor_name}: {r:.2f}x "
                              f"{'met' if r <= FLOOR_RATIO_TARGET else 'MISSED'}")
+    hol = run.get("head_of_line") or {}
+    ours_b, base_b = (hol.get("burst") or {}).get("perpbot"), (hol.get("burst") or {}).get("baseline")
+    if ours_b and base_b and ours_b.get("p99_us") and base_b.get("p99_us"):
+        better = ours_b["p99_us"] < base_b["p99_us"]
+        lines.append(f"  head-of-line p99 better than the baseline: {fmt_us(ours_b['p99_us'])} vs "
+                     f"{fmt_us(base_b['p99_us'])} {'met' if better else 'MISSED'}")
+    steps = run.get("sweep") or []
+    if steps and any("baseline" in st for st in steps):
+        def held(d: str) -> float:
+            return max((st["offered_frames_per_s"] for st in steps if st.get(d, {}).get("p99_us") is not None
+                        and st[d]["p99_us"] < TICK_TO_ORDER_P99_TARGET_US), default=0.0)
+        a, b = held("perpbot"), held("baseline")
+        lines.append(f"  higher sustainable load than the baseline (p99 < 1 ms): {a:,.0f} vs {b:,.0f} frames/s "
+                     f"{'met' if a > b else 'MISSED'}")
+    rows = {(r.get("venues"), r.get("symbols")): r for r in run.get("scanner_cost") or []}
+    small, big = rows.get((8, 10)), rows.get((8, 500))
+    if small and big and small.get("one_change") and big.get("one_change"):
+        r = big["one_change"]["p50_us"] / small["one_change"]["p50_us"]
+        lines.append(f"  scanner cost per changed symbol flat from 10 to 500 symbols (8 venues): "
+                     f"{r:.2f}x {'met' if r <= 1.25 else 'MISSED'} (flat: within 25%)")
     tp = run.get("throughput", {})
     if tp.get("perpbot_frames_per_s") and tp.get("ccxt_frames_per_s"):
         r = tp["perpbot_frames_per_s"] / tp["ccxt_frames_per_s"]
@@ -257,7 +282,7 @@ def scanner_cost_lines(rows: list[Mapping[str, Any]]) -> list[str]:
     lines = ["scanner pass cost (the real pass over a real board):",
              f"  {'venues x symbols':<18}{'one change p50':>16}{'p99':>12}{'nothing changed p50':>22}"]
     for r in rows:
-        one, none = r.get("one_change") or {}, r.get("no_change") or {}
+        one, none = r.get("one_change") or {}, r.get("idle") or {}
         lines.append(f"  {str(r.get('venues')) + ' x ' + str(r.get('symbols')):<18}"
                      f"{fmt_us(one.get('p50_us')):>16}{fmt_us(one.get('p99_us')):>12}"
                      f"{fmt_us(none.get('p50_us')):>22}")

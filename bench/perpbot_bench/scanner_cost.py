@@ -40,7 +40,7 @@ from perpbot_bench.stats import Hist
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "config.yaml.example"
-SIZES: tuple[tuple[int, int], ...] = ((2, 10), (4, 50), (8, 100), (8, 500))
+SIZES: tuple[tuple[int, int], ...] = ((2, 10), (4, 50), (8, 10), (8, 100), (8, 500))
 PRICE = 100.0
 
 

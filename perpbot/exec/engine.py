@@ -473,13 +473,17 @@ class Engine:
                 self._leg(sv, s, Side.SELL, qty, bid, Purpose.OPEN, qs.ts_recv_ns, bid))
         if self._entry_mode == "maker_first":
             return await self._open_maker_first(opp, ts_recv_ns, legs, edge + funding)
+        # capital and the venues' order budgets first: an order the gate approves is then always
+        # sent (or held back by a kill), so orders approved and orders sent stay equal
+        held = self._admit(opp, legs)
+        if held is not Reason.OK:
+            return held
         approval = self.gate.check(legs, open_trades=len(self.trades), now_ns=self._clock(),
                                    view=self)
         if not approval.ok:
+            self._release_capital(self._next_trade_id)
             return self._skip(opp, approval.reason, approval.verdict.detail)
         trade = self._new_trade(opp, legs, edge + funding)
-        if isinstance(trade, Reason):
-            return trade
         sym = self._snames[s]
         reqs = (OrderRequest(trade.buy_order, sym, Side.BUY, qty, ask),
                 OrderRequest(trade.sell_order, sym, Side.SELL, qty, bid))
@@ -517,13 +521,15 @@ class Engine:
                                      view=self)
         if not verdict.ok:
             return self._skip(opp, verdict.reason, verdict.detail)
+        held = self._admit(opp, pair)
+        if held is not Reason.OK:
+            return held
         approval = self.gate.check((maker,), open_trades=len(self.trades), now_ns=self._clock(),
                                    view=self)
         if not approval.ok:
+            self._release_capital(self._next_trade_id)
             return self._skip(opp, approval.reason, approval.verdict.detail)
         trade = self._new_trade(opp, pair, edge)
-        if isinstance(trade, Reason):
-            return trade
         req = OrderRequest(trade.buy_order if maker.side is Side.BUY else trade.sell_order,
                            self._snames[s], maker.side, maker.qty, price,
                            order_type=OrderType.POST_ONLY)
@@ -541,15 +547,20 @@ class Engine:
         self._fallbacks += 1
         return await self._open_taker_fallback(opp, ts_recv_ns)
 
-    def _new_trade(self, opp: Opportunity, pair: Sequence[LegCheck], edge: float) -> Trade | Reason:
-        """Capital and entry budget for an approved pair, then its Trade; or the skip reason."""
+    def _admit(self, opp: Opportunity, pair: Sequence[LegCheck]) -> Reason:
+        """Reserve the pair's capital under the next trade id, and check the venues' entry budgets."""
         tid = self._next_trade_id
+        if not self._entry_budget_free(pair):
+            return self._skip(opp, Reason.RATE_LIMIT, "entry budget spent on a venue")
         reserved = self._reserve_capital(tid, pair)
         if reserved:
             return self._skip(opp, Reason.CAPITAL, reserved)
-        if not self._take_entry_budget(pair):
-            self._release_capital(tid)
-            return self._skip(opp, Reason.RATE_LIMIT, "entry budget spent on a venue")
+        return Reason.OK
+
+    def _new_trade(self, opp: Opportunity, pair: Sequence[LegCheck], edge: float) -> Trade:
+        """The Trade of an admitted, approved pair; its entry orders are counted in the budgets."""
+        tid = self._next_trade_id
+        self._take_entry_budget(pair)
         self._next_trade_id += 1
         buy, sell = pair
         return Trade(tid, opp.opp_id, buy.symbol, buy.venue, sell.venue, edge, self._clock(),
@@ -767,13 +778,16 @@ class Engine:
             # no quote: stamp 0, which the gate refuses as NO_QUOTE
             legs.append(self._leg(v, s, side, qty, price, purpose,
                                   0 if q is None else q.ts_recv_ns, None))
+        if purpose is Purpose.CLOSE and not self._exit_budget_now(legs):
+            return False  # the venue's order budget is spent: the next check closes it
         approval = self.gate.check(legs, open_trades=len(self.trades), now_ns=self._clock(),
                                    view=self)
         if not approval.ok:
             self._refused(trade, purpose, approval)
             return False
-        for leg in legs:  # exits wait for budget (their headroom is reserved), never skip it
-            await self._take_exit_budget(leg.venue)
+        if purpose is not Purpose.CLOSE:
+            for leg in legs:  # a hedge or unwind waits for its budget (headroom is kept for it)
+                await self._take_exit_budget(leg.venue)
         trade.last_refusal = Reason.OK
         ts_decide = self._clock()
         n = trade.attempts[purpose.value]
@@ -1101,14 +1115,19 @@ class Engine:
         if amount > 0:
             self._capital.commit(trade.capital_key, name, amount)
 
-    def _take_entry_budget(self, legs: Sequence[LegCheck]) -> bool:
-        """One order on each leg's venue from the entry share of its rate budget, all or none."""
+    def _entry_budget_free(self, legs: Sequence[LegCheck]) -> bool:
+        """Each leg's venue has an order left in the entry share of its rate budget now."""
         # an order counts in the venue's order windows only: its request windows pace the reads
         # (balances, positions, order lookups), which venues limit per endpoint, separately
-        budgets = [(b, leg) for leg in legs if (b := self._budgets[leg.venue]) is not None]
-        if any(b.wait_ms(Priority.ENTRY, orders=1, requests=0) != 0 for b, _ in budgets):
-            return False
-        return all(b.try_acquire(Priority.ENTRY, orders=1, requests=0) for b, _ in budgets)
+        return all(b.wait_ms(Priority.ENTRY, orders=1, requests=0) == 0
+                   for leg in legs if (b := self._budgets[leg.venue]) is not None)
+
+    def _take_entry_budget(self, legs: Sequence[LegCheck]) -> None:
+        """Count one order on each leg's venue (free: checked by `_entry_budget_free` under the lock)."""
+        for leg in legs:
+            b = self._budgets[leg.venue]
+            if b is not None and not b.try_acquire(Priority.ENTRY, orders=1, requests=0):
+                self._log.warning("%s: entry order over its budget", self._vnames[leg.venue])
 
     def _may_read(self, venue: int) -> bool:
         """A periodic read (balances, positions, funding) fits the venue's budget now.
@@ -1118,6 +1137,17 @@ class Engine:
         """
         b = self._budgets[venue]
         return b is None or b.try_acquire(Priority.ENTRY, requests=1)
+
+    def _exit_budget_now(self, legs: Sequence[LegCheck]) -> bool:
+        """Count one exit order per leg if every leg's venue has one now; else count none.
+
+        A close can wait for the next check; holding the decision lock while a
+        budget refills would stall every other venue's trading meanwhile.
+        """
+        budgets = [b for leg in legs if (b := self._budgets[leg.venue]) is not None]
+        if any(b.wait_ms(Priority.EXIT, orders=1, requests=0) != 0 for b in budgets):
+            return False
+        return all(b.try_acquire(Priority.EXIT, orders=1, requests=0) for b in budgets)
 
     async def _take_exit_budget(self, venue: int) -> None:
         b = self._budgets[venue]

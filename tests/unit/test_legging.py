@@ -285,6 +285,7 @@ def test_capital_that_cannot_cover_the_margin_refuses_the_trade(make_rig: Callab
     r.quote(1, 60300.0, 60300.1)
     assert r.on_opp() is Reason.CAPITAL
     assert r.sent() == []
+    assert r.engine.gate.approved == r.engine.gate.sent == 0
 
 
 def test_spent_entry_budget_skips_entries_but_never_blocks_the_exit(rig: Rig) -> None:
@@ -299,6 +300,8 @@ def test_spent_entry_budget_skips_entries_but_never_blocks_the_exit(rig: Rig) ->
     assert rig.on_opp(rig.opp(2)) is Reason.RATE_LIMIT
     assert asyncio.run(engine.flatten()) == 1
     assert engine.trades == {}
+    g = engine.gate  # a skip for budget happens before the gate: approved orders are all sent
+    assert g.approved == g.sent == 4
 
 
 def test_every_order_sent_was_checked_and_approved(rig: Rig) -> None:
