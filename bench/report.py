@@ -25,6 +25,8 @@ BASELINES = {
     "test_seqlock_write": "test_baseline_numpy_slot_write",
     "test_seqlock_read": "test_baseline_numpy_slot_read",
     "test_change_ring_poll_8x500": "test_baseline_full_scan_8x500",
+    "test_opportunity_encode_decode": "test_baseline_opportunity_as_json",
+    "test_risk_gate_pair": "test_baseline_choose_size",
 }
 
 
