@@ -7,6 +7,7 @@ never literal: a venue names the environment variables that hold them.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import typing
@@ -125,6 +126,11 @@ class RunConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     curve_server_secret_env: str | None = None
     #: CURVE public keys (Z85) of the clients allowed on control_tcp
     curve_client_public_keys: list[str] = []
+    #: modes readonly and live: encrypted key file (`perpbot keys add`; ~ is the home directory) the
+    #: venues' credentials are read from at start, with its passphrase in $PERPBOT_KEYS_PASSPHRASE; a
+    #: credential whose environment variable (api_key_env, api_secret_env) is set and non-empty comes
+    #: from the environment instead; None: the environment only
+    keys_file: str | None = None
 
 
 class FeedConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -276,6 +282,31 @@ class DemoVenueConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=
     top_size_usd: PosFloat = 50000.0
 
 
+#: what a scheduled market fault ($.demo.faults[].kind) may be
+MARKET_FAULT_KINDS: tuple[str, ...] = ("drop", "stall", "garbage", "crossed", "stale", "refuse")
+#: the kinds that last `for_s` (a drop is instantaneous)
+MARKET_FAULT_DURATION_KINDS: tuple[str, ...] = ("stall", "garbage", "crossed", "stale", "refuse")
+#: the kinds that may name one `symbol`
+MARKET_FAULT_SYMBOL_KINDS: tuple[str, ...] = ("garbage", "crossed", "stale")
+
+
+class MarketFaultConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One scheduled fault of a demo market venue's server (carried out by perpbot/sim/faults.py)."""
+
+    #: when it starts, seconds after the demo market starts serving
+    at_s: NonNegFloat
+    #: the venue whose server misbehaves (a key of $.venues)
+    venue: str
+    #: drop (close every connection), stall (send nothing), garbage (malformed frames among the
+    #: quotes), crossed (bid > ask), stale (the same old quote again and again), refuse (drop, then
+    #: refuse every new connection)
+    kind: str
+    #: how long it lasts, seconds: > 0 for every kind but drop, which is instantaneous (0)
+    for_s: NonNegFloat = 0.0
+    #: garbage, crossed and stale only: just this board symbol's quotes; None: all of the venue's
+    symbol: str | None = None
+
+
 class DemoConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The built-in demo market (seeded, reproducible)."""
 
@@ -296,6 +327,8 @@ class DemoConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True)
     #: longest dislocation
     dislocation_max_ms: PosInt = 400
     venues: dict[str, DemoVenueConfig] = {}
+    #: scheduled faults of the venues' servers, each {at_s, venue, kind, for_s, symbol}
+    faults: tuple[MarketFaultConfig, ...] = ()
 
 
 class ReplayConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -337,6 +370,19 @@ class PaperVenueOverride(_Frozen, frozen=True, forbid_unknown_fields=True, kw_on
     funding_rate_bps: FundingBps | None = None
     #: this venue's funding interval, hours; None: $.paper.funding_interval_h
     funding_interval_h: FundingIntervalH | None = None
+
+
+class PaperDriftConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One scheduled position drift: a paper venue books a fill the client did not send."""
+
+    #: when, seconds after the exec process started its paper venues
+    at_s: NonNegFloat
+    #: the paper venue that books it (a key of $.venues)
+    venue: str
+    #: the board symbol (one of that venue's symbols)
+    symbol: str
+    #: signed base quantity, a whole number of lots: > 0 the account bought, < 0 it sold
+    qty: Decimal
 
 
 class PaperConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -381,6 +427,9 @@ class PaperConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True
     rest_poll_ms: PosFloat = 1.0
     #: per-venue overrides, by venue name (a key of $.venues)
     venues: dict[str, PaperVenueOverride] = {}
+    #: scheduled position drifts (liquidations, auto-deleverages), each {at_s, venue, symbol, qty},
+    #: booked at the mark (board mid) once per venue account
+    drift: tuple[PaperDriftConfig, ...] = ()
 
 
 class CapitalConfig(_Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -651,6 +700,7 @@ def _validate(cfg: Config) -> None:
     validate_alerts(cfg.alerts)
     validate_rate_limits(cfg)
     _validate_capital(cfg)
+    _validate_fault_schedules(cfg)
     if cfg.run.control_tcp is not None:
         if not re.match(r"^tcp://[^:]+:\d+$", cfg.run.control_tcp):
             raise ConfigError("$.run.control_tcp", "must look like tcp://HOST:PORT")
@@ -661,6 +711,8 @@ def _validate(cfg: Config) -> None:
         if not cfg.run.curve_client_public_keys:
             raise ConfigError("$.run.curve_client_public_keys", "a tcp:// control endpoint needs at least one "
                               "allowed client public key")
+    if cfg.run.keys_file is not None and not cfg.run.keys_file.strip():
+        raise ConfigError("$.run.keys_file", "must be the path of a key file (`perpbot keys add`), or null")
     for i, key in enumerate(cfg.run.curve_client_public_keys):
         if len(key) != 40:
             raise ConfigError(f"$.run.curve_client_public_keys[{i}]", "a CURVE public key is 40 Z85 characters")
@@ -694,6 +746,43 @@ def _validate(cfg: Config) -> None:
         _validate_replay(cfg)
 
 
+def _validate_fault_schedules(cfg: Config) -> None:
+    """$.demo.faults and $.paper.drift name configured venues and symbols, with finite times."""
+    venues = ", ".join(cfg.venues)
+    for i, f in enumerate(cfg.demo.faults):
+        base = f"$.demo.faults[{i}]"
+        if f.venue not in cfg.venues:
+            raise ConfigError(f"{base}.venue", f"unknown venue {f.venue!r}; allowed: {venues}")
+        if f.kind not in MARKET_FAULT_KINDS:
+            raise ConfigError(f"{base}.kind", f"unknown kind {f.kind!r}; allowed: {', '.join(MARKET_FAULT_KINDS)}")
+        for key in ("at_s", "for_s"):
+            if not math.isfinite(getattr(f, key)):
+                raise ConfigError(f"{base}.{key}", "must be a finite number of seconds >= 0")
+        if f.kind in MARKET_FAULT_DURATION_KINDS and f.for_s <= 0:
+            raise ConfigError(f"{base}.for_s", f"a {f.kind} lasts for_s seconds: must be > 0")
+        if f.kind not in MARKET_FAULT_DURATION_KINDS and f.for_s:
+            raise ConfigError(f"{base}.for_s", f"a {f.kind} is instantaneous: leave for_s out (0)")
+        if f.symbol is not None:
+            if f.kind not in MARKET_FAULT_SYMBOL_KINDS:
+                raise ConfigError(f"{base}.symbol", f"a {f.kind} hits the whole venue; symbol applies only to "
+                                                    f"{', '.join(MARKET_FAULT_SYMBOL_KINDS)}")
+            if f.symbol not in cfg.venues[f.venue].symbols:
+                raise ConfigError(f"{base}.symbol", f"{f.venue} does not list {f.symbol!r}; allowed: "
+                                                    f"{', '.join(cfg.venues[f.venue].symbols)}")
+    for i, d in enumerate(cfg.paper.drift):
+        base = f"$.paper.drift[{i}]"
+        if d.venue not in cfg.venues:
+            raise ConfigError(f"{base}.venue", f"unknown venue {d.venue!r}; allowed: {venues}")
+        if not math.isfinite(d.at_s):
+            raise ConfigError(f"{base}.at_s", "must be a finite number of seconds >= 0")
+        if d.symbol not in cfg.venues[d.venue].symbols:
+            raise ConfigError(f"{base}.symbol", f"{d.venue} does not list {d.symbol!r}; allowed: "
+                                                f"{', '.join(cfg.venues[d.venue].symbols)}")
+        lot = cfg.symbols[d.symbol].lot_size
+        if not d.qty.is_finite() or not d.qty or d.qty % lot:
+            raise ConfigError(f"{base}.qty", f"must be a non-zero whole number of lots ({lot}), signed; got {d.qty}")
+
+
 def _validate_ccxt_venue(cfg: Config, vname: str, v: VenueConfig) -> None:
     """The venue maps to a ccxt id we trade through; in live mode its credential variables are named."""
     # imported here: ccxt is only needed when a venue trades through it
@@ -705,8 +794,8 @@ def _validate_ccxt_venue(cfg: Config, vname: str, v: VenueConfig) -> None:
         how = "" if v.ccxt_id is not None else f" (taken from feed {v.feed!r}; set ccxt_id)"
         raise ConfigError(f"{base}.ccxt_id", f"no ccxt trading venue {ccxt_id!r}{how}; "
                                              f"allowed: {', '.join(sorted(QUIRKS))}")
-    if cfg.mode != "live":
-        return
+    if cfg.mode != "live" or cfg.run.keys_file is not None:
+        return  # with a key file, what the environment lacks may be in it: checked before a live start
     for field in QUIRKS[ccxt_id].credentials:
         key = CREDENTIAL_CONFIG_KEYS[field]
         if getattr(v, key) is None:

@@ -15,10 +15,10 @@ clock of every latency stamp and event `ts`, so a log line can be lined up with
 events. `exc` (the formatted exception) and `stack` appear only when present.
 
 Secrets are redacted before any handler sees a record: a log-record factory
-replaces every registered secret (API keys and secrets named in the config,
-webhook tokens) by `***` in the message, its args and the exception text, and
-every formatter redacts its finished line again (so `extra=` fields and
-anything a third-party formatter adds are covered too).
+replaces every registered secret (API keys and secrets named in the config or
+read from the key file, webhook tokens) by `***` in the message, its args and
+the exception text, and every formatter redacts its finished line again (so
+`extra=` fields and anything a third-party formatter adds are covered too).
 """
 
 from __future__ import annotations
@@ -112,12 +112,21 @@ def clear_secrets() -> None:
 def secret_env_names(cfg: Config) -> list[str]:
     """Names of the environment variables that hold secrets according to the config.
 
-    Venue API keys and secrets, and the alert sinks' token variables once
-    `$.alerts` is part of the config.
+    Venue API keys, secrets and passphrases (OKX, Bitget: the key's name with
+    _KEY replaced by _PASSPHRASE, as ccxt_venue.passphrase_env_name), the key
+    file's passphrase when `run.keys_file` is set, and the alert sinks' token
+    variables once `$.alerts` is part of the config.
     """
     names: list[str] = []
     for v in cfg.venues.values():
         names.extend(n for n in (v.api_key_env, v.api_secret_env) if n)
+        if v.api_key_env:
+            stem = v.api_key_env[:-len("_KEY")] if v.api_key_env.endswith("_KEY") else v.api_key_env
+            names.append(stem + "_PASSPHRASE")
+    if getattr(cfg.run, "keys_file", None) is not None:
+        from perpbot.keys import PASSPHRASE_ENV
+
+        names.append(PASSPHRASE_ENV)
     alerts = getattr(cfg, "alerts", None)
     for sink in getattr(alerts, "sinks", ()) or ():
         env = getattr(sink, "token_env", None)

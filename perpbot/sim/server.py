@@ -26,6 +26,12 @@ changed quote. Exchange timestamps are wall-clock epoch ms, the only wall time
 used. `perpbot.sim.replay.ReplayMarket` drives the same servers from a
 recording instead.
 
+A second task carries out the config's `demo.faults` schedule on the servers
+(`perpbot.sim.faults` says what each kind does): a server closes its
+connections (`drop`), holds every frame back (`stall`, the same hold as a slow
+reader's conflation), refuses handshakes (`refuse`), or alters what `publish`
+sends (`garbage`, `crossed`, `stale`).
+
     market = await serve_market(cfg)        # binds every venue on cfg.demo.host, port 0
     market.urls["binanceusdm"]              # ws://127.0.0.1:40123/public/stream
     ...
@@ -39,6 +45,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Self
 
 from picows import (
@@ -48,6 +55,8 @@ from picows import (
     WSMsgType,
     WSTransport,
     WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
     ws_create_server,
 )
 
@@ -56,6 +65,7 @@ from perpbot.config import Config
 from perpbot.feeds.registry import get_feed
 from perpbot.feeds.spec import FeedSpec
 from perpbot.shm.layout import MarketCounter
+from perpbot.sim.faults import MarketFaultKind, ScheduledFault, garbage_frame, run_schedule, schedule_from_config
 from perpbot.sim.market import MarketModel, SimQuote, decimals
 from perpbot.sim.protocol import Frame, Instrument, Session, SimProtocol
 from perpbot.sim.protocols import get_protocol
@@ -110,7 +120,9 @@ class Client(WSListener):
         self.routed = routed
         self.transport: WSTransport | None = None
         self.paused = False
-        self.pending: dict[int, Frame] = {}  # symbol index -> latest data frame while paused
+        #: data frames are held back (conflated): the socket is paused or the venue stalled
+        self.held = venue.stalled
+        self.pending: dict[int, Frame] = {}  # symbol index -> latest data frame while held
         self.conflated: set[int] = set()  # symbols with a frame dropped while paused
         self._drained = asyncio.Event()
         self._drained.set()
@@ -147,31 +159,44 @@ class Client(WSListener):
 
     def pause_writing(self) -> None:
         self.paused = True
+        self.held = True
         self._drained.clear()
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.held = self.venue.stalled
+        if not self.held:
+            self.flush()
+        if not self.paused:
+            self._drained.set()
+
+    def flush(self) -> None:
+        """Send what was held back: per symbol its latest frame, or a fresh snapshot if one was dropped."""
         pending, self.pending = self.pending, {}
         conflated, self.conflated = self.conflated, set()
         for si, frame in pending.items():
             snap = self.venue.snapshot_frame(si) if si in conflated else None
             # deliver, not send: flushing may pass the high watermark again
             self.deliver(si, snap if snap is not None else frame)
-        if not self.paused:
-            self._drained.set()
 
     def deliver(self, symbol_idx: int, frame: Frame) -> None:
-        """Send a data frame now, or keep it as the symbol's latest while paused."""
-        if self.paused:
+        """Send a data frame now, or keep it as the symbol's latest while held."""
+        if self.held:
             if symbol_idx in self.pending:
-                self.venue.counters.frames_conflated += 1
+                if self.paused:
+                    self.venue.counters.frames_conflated += 1
                 self.conflated.add(symbol_idx)
             self.pending[symbol_idx] = frame
             return
         self.send(frame)
 
     def send(self, frame: Frame) -> None:
-        """Send one frame at once (text or binary as the frame says), never conflated."""
+        """Send one frame at once (text or binary as the frame says), never conflated.
+
+        A stalled venue sends nothing: the frame is dropped.
+        """
+        if self.held and self.venue.stalled:
+            return
         tr = self.transport
         if tr is not None and not tr.is_disconnected:
             tr.send(WSMsgType.BINARY if frame.binary else WSMsgType.TEXT, frame.payload)
@@ -216,6 +241,27 @@ class VenueServer:
         #: called after a routed client's topics changed (the replay starts on the first one)
         self.on_topics_changed: Callable[[Client], None] | None = None
         self.url = ""
+        # -- scheduled faults (perpbot.sim.faults)
+        self._symbol_index = {s: i for i, s in enumerate(cfg.symbol_names)}
+        self._faults: list[ScheduledFault] = []
+        #: nothing is sent while True (set by a stall)
+        self.stalled = False
+        #: handshakes are refused while True (set by a refuse)
+        self.refusing = False
+        #: handshakes refused so far
+        self.refused = 0
+        #: True while a garbage, crossed or stale fault alters what `publish` sends
+        self._altered = False
+        self._garbage = [False] * n
+        self._crossed = [False] * n
+        self._stale = [False] * n
+        self._garbage_sent = 0
+        #: per symbol: the frame sent last and its exchange timestamp (what a stale fault repeats)
+        self._last_frame: list[Frame | None] = [None] * n
+        self._last_ts = [0] * n
+        self._stale_frame: list[Frame | None] = [None] * n
+        #: per symbol: the model's latest quote while `_altered` (`_last` is what went out)
+        self._real: list[SimQuote | None] = [None] * n
 
     @property
     def clients(self) -> tuple[Client, ...]:
@@ -260,6 +306,9 @@ class VenueServer:
 
     def publish(self, symbol_idx: int, q: SimQuote, ts_ms: int) -> None:
         """Send one quote change to the symbol's subscribers (encoded once for all)."""
+        if self._altered:
+            self._publish_altered(symbol_idx, q, ts_ms)
+            return
         uid = self._update_ids[symbol_idx] + 1
         self._update_ids[symbol_idx] = uid
         self._last[symbol_idx] = q
@@ -267,6 +316,8 @@ class VenueServer:
         assert inst is not None
         # encoded even with no subscriber: a delta protocol's state must see every change
         frame = self.proto.quote(inst, q, uid, ts_ms)
+        self._last_frame[symbol_idx] = frame
+        self._last_ts[symbol_idx] = ts_ms
         subs = self._subs[symbol_idx]
         if subs:
             for c in tuple(subs):
@@ -278,11 +329,134 @@ class VenueServer:
         inst = self._instruments[symbol_idx]
         if q is None or inst is None:
             return None
-        return self.proto.snapshot(inst, q, self._update_ids[symbol_idx], self._wall() // _NS_PER_MS)
+        # a stale quote keeps its old exchange timestamp
+        ts_ms = self._last_ts[symbol_idx] if self._stale[symbol_idx] else self._wall() // _NS_PER_MS
+        return self.proto.snapshot(inst, q, self._update_ids[symbol_idx], ts_ms)
+
+    # -- scheduled faults (driven by perpbot.sim.faults.run_schedule) ----------------------
+
+    @property
+    def faults(self) -> tuple[ScheduledFault, ...]:
+        """The faults in force on this venue, in the order they started."""
+        return tuple(self._faults)
+
+    def start_fault(self, fault: ScheduledFault) -> None:
+        """Put a fault in force (a drop or a refuse closes every connection at once)."""
+        if fault.kind in (MarketFaultKind.DROP, MarketFaultKind.REFUSE):
+            self.drop_connections()
+        if fault.kind is not MarketFaultKind.DROP:
+            self._faults.append(fault)
+            self._apply_faults()
+
+    def end_fault(self, fault: ScheduledFault) -> None:
+        """End a fault started by `start_fault` (a drop has nothing left to end)."""
+        if fault in self._faults:
+            self._faults.remove(fault)
+            self._apply_faults()
+
+    def drop_connections(self) -> None:
+        """Close every client connection as a restarting exchange does (1012, service restart)."""
+        for c in tuple(self._clients):
+            tr = c.transport
+            if tr is not None and not tr.is_disconnected:
+                tr.send_close(WSCloseCode.SERVICE_RESTART, b"service restart")
+                tr.disconnect()
+
+    def _flags(self, kind: MarketFaultKind) -> list[bool]:
+        """Per board symbol: is a fault of `kind` in force on it."""
+        out = [False] * len(self._instruments)
+        for f in self._faults:
+            if f.kind is kind:
+                if f.symbol is None:
+                    for si, inst in enumerate(self._instruments):
+                        out[si] = inst is not None
+                else:
+                    out[self._symbol_index[f.symbol]] = True
+        return out
+
+    def _apply_faults(self) -> None:
+        """Bring the server in line with the faults now in force."""
+        kinds = {f.kind for f in self._faults}
+        stalled = MarketFaultKind.STALL in kinds
+        self.refusing = MarketFaultKind.REFUSE in kinds
+        if stalled != self.stalled:
+            self.stalled = stalled
+            for c in tuple(self._clients):
+                c.held = stalled or c.paused
+                if not c.held:
+                    c.flush()
+        if not self._altered:
+            self._real = list(self._last)  # nothing altered the quotes yet: what went out is real
+        was_crossed, was_stale = self._crossed, self._stale
+        self._garbage = self._flags(MarketFaultKind.GARBAGE)
+        self._crossed = self._flags(MarketFaultKind.CROSSED)
+        self._stale = self._flags(MarketFaultKind.STALE)
+        self._altered = any(self._garbage) or any(self._crossed) or any(self._stale)
+        now_ms = self._wall() // _NS_PER_MS
+        for si, inst in enumerate(self._instruments):
+            if inst is None:
+                continue
+            if self._stale[si]:
+                if not was_stale[si]:
+                    self._freeze(si, inst, now_ms)
+            elif was_stale[si] or self._crossed[si] != was_crossed[si]:
+                real = self._real[si]
+                if real is not None:
+                    self.publish(si, real, now_ms)  # the change shows at once, not at the next tick
+
+    def _freeze(self, si: int, inst: Instrument, now_ms: int) -> None:
+        """Start repeating the symbol's last quote: its snapshot as it was, else its last frame."""
+        q = self._last[si]
+        if q is None:
+            return
+        if self._last_frame[si] is None:  # nothing sent yet: the seeded quote is the old one
+            self._send_frame(si, q, now_ms)
+        snap = self.proto.snapshot(inst, q, self._update_ids[si], self._last_ts[si])
+        self._stale_frame[si] = snap if snap is not None else self._last_frame[si]
+
+    def _send_frame(self, si: int, q: SimQuote, ts_ms: int) -> Frame:
+        """Encode and deliver one quote as `publish` does with no fault in force."""
+        uid = self._update_ids[si] + 1
+        self._update_ids[si] = uid
+        self._last[si] = q
+        inst = self._instruments[si]
+        assert inst is not None
+        frame = self.proto.quote(inst, q, uid, ts_ms)
+        self._last_frame[si] = frame
+        self._last_ts[si] = ts_ms
+        for c in tuple(self._subs[si]):
+            c.deliver(si, frame)
+        return frame
+
+    def _publish_altered(self, si: int, q: SimQuote, ts_ms: int) -> None:
+        """`publish` while a garbage, crossed or stale fault is in force on this venue."""
+        self._real[si] = q
+        subs = self._subs[si]
+        frame: Frame | None
+        if self._stale[si]:
+            frame = self._stale_frame[si]
+            if frame is not None:
+                for c in tuple(subs):
+                    c.deliver(si, frame)
+        else:
+            if self._crossed[si]:
+                q = SimQuote(q.ask, q.bid, q.ask_size, q.bid_size)
+            frame = self._send_frame(si, q, ts_ms)
+        if self._garbage[si] and frame is not None and subs:
+            bad = garbage_frame(frame, self._garbage_sent)
+            self._garbage_sent += 1
+            for c in tuple(subs):
+                if not c.held:
+                    c.send(bad)
 
     # -- called by Client ----------------------------------------------------------
 
-    def _accept(self, request: WSUpgradeRequest) -> WSListener:
+    def _accept(self, request: WSUpgradeRequest) -> WSListener | WSUpgradeResponseWithListener:
+        if self.refusing:
+            self.refused += 1
+            return WSUpgradeResponseWithListener(
+                WSUpgradeResponse.create_error_response(HTTPStatus.SERVICE_UNAVAILABLE, b"503 Service Unavailable"),
+                None)
         path = request.path.decode("utf-8", errors="replace")
         topics = self.proto.route(path)
         session = Session(set(topics or ()), known=self.known)
@@ -349,6 +523,9 @@ class LoopbackMarket:
         }
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
+        #: the scheduled faults the market carries out (the demo market's `demo.faults`)
+        self.fault_schedule: tuple[ScheduledFault, ...] = ()
+        self._fault_task: asyncio.Task[None] | None = None
 
     @property
     def urls(self) -> dict[str, str]:
@@ -364,19 +541,26 @@ class LoopbackMarket:
         except BaseException:
             await self.close()
             raise
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"{self.kind}-market")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"{self.kind}-market")
         self._task.add_done_callback(self._task_done)
+        if self.fault_schedule:
+            # at_s counts from here: every venue is serving
+            self._fault_task = loop.create_task(
+                run_schedule(self.fault_schedule, self.venues, start_ns=now_ns()), name=f"{self.kind}-faults")
+            self._fault_task.add_done_callback(self._faults_done)
         return self.urls
 
     async def close(self) -> None:
         """Stop the feeding task, close every connection and server. Safe to call twice."""
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._fault_task, self._task):
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._fault_task = self._task = None
         for vs in self.venues.values():
             await vs.close()
 
@@ -427,6 +611,14 @@ class LoopbackMarket:
             self._error = exc
             log.error("%s market stopped feeding", self.kind, exc_info=exc)
 
+    def _faults_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._error = exc
+            log.error("%s market's fault schedule failed", self.kind, exc_info=exc)
+
 
 class DemoMarket(LoopbackMarket):
     """The servers fed by the seeded `MarketModel`."""
@@ -436,6 +628,7 @@ class DemoMarket(LoopbackMarket):
     def __init__(self, cfg: Config, *, clock: Clock = now_ns, wall_clock: Clock = wall_ns) -> None:
         super().__init__(cfg, wall_clock=wall_clock)
         self._clock = clock
+        self.fault_schedule = schedule_from_config(cfg)
         self.model = MarketModel(cfg, start_ns=clock())
         self._by_index = [self.venues[v] for v in self.model.venues]
         for vi, vs in enumerate(self._by_index):

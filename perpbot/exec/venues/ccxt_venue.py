@@ -459,19 +459,27 @@ def credential_env_names(ccxt_id: str, api_key_env: str | None,
 
 
 def credentials_from_env(ccxt_id: str, env_names: Mapping[str, str],
-                         environ: Mapping[str, str] | None = None) -> dict[str, str]:
+                         environ: Mapping[str, str] | None = None, *,
+                         stored: Mapping[str, str] | None = None) -> dict[str, str]:
     """ccxt credential fields read from the environment variables NAMED in `env_names`.
 
     `env_names` maps a ccxt field (apiKey, secret, password, walletAddress,
-    privateKey) to an environment variable name. Raises FatalError naming the
-    missing variables (never their values) when one the venue needs is unset.
+    privateKey) to an environment variable name. `stored` holds the venue's
+    fields from the key file (perpbot/keys.py): a field whose variable is set
+    and non-empty comes from the environment, else from `stored`. Raises
+    FatalError naming the missing fields and variables (never their values)
+    when one the venue needs is in neither.
     """
     env = os.environ if environ is None else environ
     creds = {f: env[n] for f, n in env_names.items() if env.get(n)}
-    missing = [f"{f} (${env_names[f]})" if f in env_names else f
-               for f in quirks(ccxt_id).credentials if f not in creds]
+    needed = quirks(ccxt_id).credentials
+    for f, value in (stored or {}).items():
+        if f in needed and f not in creds and value:
+            creds[f] = value
+    missing = [f"{f} (${env_names[f]})" if f in env_names else f for f in needed if f not in creds]
     if missing:
-        raise FatalError(f"{ccxt_id}: credentials missing from the environment: {', '.join(missing)}")
+        where = "the environment" if stored is None else "the environment and the key file"
+        raise FatalError(f"{ccxt_id}: credentials missing from {where}: {', '.join(missing)}")
     return creds
 
 
@@ -484,7 +492,8 @@ class CcxtVenue(Venue):
     `symbols` maps board symbols to the venue's symbols: a ccxt unified symbol
     (`BTC/USDT:USDT`) or the venue's market id (`BTCUSDT`, resolved to the swap
     market at connect). `credential_envs` maps ccxt credential fields to
-    environment variable NAMES; None means public calls only (markets). `markets`
+    environment variable NAMES; `stored_credentials` holds the venue's fields read from the key
+    file, which a set variable overrides; both None means public calls only (markets). `markets`
     presets ccxt markets (unified symbol -> ccxt market) so `connect` makes no
     request for them. `read_only` adds the venue's `readonly_options` (ccxt
     sends no account action of its own). `exchange` injects a ready ccxt object
@@ -493,6 +502,7 @@ class CcxtVenue(Venue):
 
     def __init__(self, name: str, ccxt_id: str, symbols: Mapping[str, str], *,
                  credential_envs: Mapping[str, str] | None = None,
+                 stored_credentials: Mapping[str, str] | None = None,
                  options: Mapping[str, Any] | None = None,
                  markets: Mapping[str, Mapping[str, Any]] | None = None,
                  read_only: bool = False,
@@ -504,6 +514,7 @@ class CcxtVenue(Venue):
         self.quirks = quirks(ccxt_id)
         self._symbols = dict(symbols)
         self._credential_envs = dict(credential_envs) if credential_envs is not None else None
+        self._stored_credentials = dict(stored_credentials) if stored_credentials is not None else None
         self.read_only = read_only
         self._options = {**self.quirks.options, **(self.quirks.readonly_options if read_only else {}),
                          **(options or {})}
@@ -522,8 +533,9 @@ class CcxtVenue(Venue):
 
     def _make_exchange(self) -> Any:
         config: dict[str, Any] = {"enableRateLimit": True, "options": dict(self._options)}
-        if self._credential_envs is not None:
-            config.update(credentials_from_env(self.ccxt_id, self._credential_envs))
+        if self._credential_envs is not None or self._stored_credentials is not None:
+            config.update(credentials_from_env(self.ccxt_id, self._credential_envs or {},
+                                               stored=self._stored_credentials))
         return getattr(ccxt_async, self.ccxt_id)(config)
 
     async def connect(self) -> None:

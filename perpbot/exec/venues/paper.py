@@ -68,6 +68,14 @@ Faults
                     id `external-...`, so `positions()` differs from what
                     the client thinks
 
+    The config's `paper.drift` schedules such external fills: entry i on
+    this venue is booked `at_s` seconds (by the wall clock `wall_ms`) after
+    the first `connect`, at the board mid, by the background task or the
+    first call after that, as client order id `external-<venue>-drift-<i>`
+    (logged at WARNING). Booked once per account: a venue reloaded from its
+    ledger skips the entries it already booked. Without a quote for the
+    symbol it is retried every `DRIFT_RETRY_MS`.
+
 Latency
     Every call is a round trip of `paper.latency_ms` (+ up to
     `latency_jitter_ms`): half is awaited before the venue acts on the
@@ -152,6 +160,8 @@ _SLIPPAGE_UNIT_USD = Decimal(10000)
 _HOUR_MS = 3_600_000
 #: the background task wakes at least this often while nothing rests (funding boundaries)
 _IDLE_WAKE_S = 60.0
+#: a scheduled drift whose symbol has no quote yet is tried again this much later
+DRIFT_RETRY_MS = 100
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +312,11 @@ class PaperVenue(Venue):
         self._interval_ms = hours * _HOUR_MS
         self._skew_ms = pc.server_time_skew_ms
         self._poll_s = pc.rest_poll_ms / 1000
+        #: scheduled external fills of this venue not booked yet: [due ms after start, $.paper.drift index,
+        #: 1 once a missing quote was logged]
+        self._drift = sorted([round(d.at_s * 1000), i, 0] for i, d in enumerate(pc.drift) if d.venue == name)
+        self._drift_cfg = pc.drift
+        self._drift_start_ms: int | None = None  # wall ms of the first connect
 
         #: every fill, in order (the reference for reconciliation)
         self.ledger: list[Fill] = []
@@ -336,6 +351,8 @@ class PaperVenue(Venue):
 
     async def connect(self) -> None:
         self.connected = True
+        if self._drift_start_ms is None:
+            self._drift_start_ms = self._wall_ms()
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"paper-{self.name}")
@@ -410,7 +427,8 @@ class PaperVenue(Venue):
         """Injected order faults not spent yet."""
         return sum(left for _, left in self._faults)
 
-    def external_fill(self, symbol: str, qty: Decimal, price: Decimal | None = None) -> Fill:
+    def external_fill(self, symbol: str, qty: Decimal, price: Decimal | None = None, *,
+                      client_order_id: str | None = None) -> Fill:
         """Book a fill the client did not send (liquidation, auto-deleverage); `qty` signed."""
         market = self._markets.get(symbol)
         if market is None:
@@ -423,7 +441,7 @@ class PaperVenue(Venue):
             if top is None:
                 raise ValueError(f"no quote for {symbol} to price an external fill")
             price = round_price(top.mid, market.tick_size, side)
-        coid = f"external-{self.name}-{self._n_external + 1}"
+        coid = client_order_id or f"external-{self.name}-{self._n_external + 1}"
         fill = self._emit_fill(coid, symbol, side, abs(qty), price, _ZERO, f"{coid}-1")
         self._flush()
         return fill
@@ -766,11 +784,44 @@ class PaperVenue(Venue):
         await self._sleep(delay)
 
     def _catch_up(self) -> None:
-        """What the venue did since the last call: resting fills and funding."""
+        """What the venue did since the last call: resting fills, funding and scheduled drift."""
         self._match()
         now = self._wall_ms()
         if now >= self._funded_until_ms + self._interval_ms:
             self.book_funding(now)
+        if self._drift:
+            self._book_drift(now)
+
+    def _drift_due_ms(self) -> int:
+        """Wall ms when the next scheduled drift is due (far away when none is)."""
+        if not self._drift or self._drift_start_ms is None:
+            return 2**62
+        return self._drift_start_ms + self._drift[0][0]
+
+    def _book_drift(self, now_ms: int) -> None:
+        """Book every scheduled external fill (`paper.drift`) that is due."""
+        while self._drift and now_ms >= self._drift_due_ms():
+            entry = self._drift[0]
+            i = entry[1]
+            d = self._drift_cfg[i]
+            coid = f"external-{self.name}-drift-{i}"
+            if coid in self._seen:  # booked before this process reloaded the ledger
+                self._drift.pop(0)
+                continue
+            try:
+                fill = self.external_fill(d.symbol, d.qty, client_order_id=coid)
+            except ValueError as e:
+                if not entry[2]:
+                    entry[2] = 1
+                    log.warning("paper venue %s: scheduled drift paper.drift[%d] waits: %s", self.name, i, e)
+                assert self._drift_start_ms is not None
+                entry[0] = now_ms + DRIFT_RETRY_MS - self._drift_start_ms
+                self._drift.sort()
+                return
+            self._drift.pop(0)
+            log.warning("paper venue %s: scheduled drift paper.drift[%d] booked: external %s %s %s at %s, "
+                        "position now %s", self.name, i, fill.side.value, fill.qty, d.symbol, fill.price,
+                        self._positions[d.symbol].qty)
 
     def _nudge(self) -> None:
         """Wake the background task: something rests now."""
@@ -786,7 +837,7 @@ class PaperVenue(Venue):
                     wake = self._wake
                     assert wake is not None
                     wake.clear()
-                    due_ms = self._funded_until_ms + self._interval_ms - self._wall_ms()
+                    due_ms = min(self._funded_until_ms + self._interval_ms, self._drift_due_ms()) - self._wall_ms()
                     timeout = min(max(due_ms / 1000, self._poll_s), _IDLE_WAKE_S)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), timeout)

@@ -9,8 +9,10 @@
 
 A ccxt venue's exchange is `VenueConfig.ccxt_id`, by default the native feed's
 name (the feeds are named after their ccxt ids) or the `<id>` of a
-`ccxt:<id>` feed. Its credentials are read at connect from the environment
-variables the config names (`ccxt_venue.credential_env_names`).
+`ccxt:<id>` feed. Its credentials are read at connect, each field from the
+environment variable the config names (`ccxt_venue.credential_env_names`) when
+it is set and non-empty, else from the key file `run.keys_file` (decrypted once
+per process with $PERPBOT_KEYS_PASSPHRASE, perpbot/keys.py).
 """
 
 from __future__ import annotations
@@ -65,28 +67,44 @@ def venue_credential_envs(v: VenueConfig) -> dict[str, str]:
 
 def live_start_refusal(cfg: Config, *, confirmed: bool,
                        environ: Mapping[str, str] | None = None) -> str | None:
-    """Why a live run must not start, or None: no confirmation, or a credential variable of a venue
-    unset or empty (named, never its value)."""
+    """Why a live run must not start, or None: no confirmation, a key file (`run.keys_file`) that
+    does not decrypt, or a credential of a venue in neither its environment variable (unset or
+    empty) nor the key file (named, never its value)."""
     if cfg.mode != "live":
         return None
     if not confirmed:
         return (f"mode live trades real money on {', '.join(cfg.venue_names)}: real orders, real "
                 "funds at risk. Start it again with --confirm-live to confirm; use mode readonly to "
                 "watch the venues without trading, or paper to trade on paper")
+    from perpbot.exec.venues.ccxt_venue import quirks
+    from perpbot.keys import KeyFileError, stored_credentials
+
     env = os.environ if environ is None else environ
-    missing = [f"${name} (venue {vname}, {field})"
-               for vname, v in cfg.venues.items()
-               for field, name in venue_credential_envs(v).items() if not env.get(name)]
-    if missing:
+    try:
+        stored = stored_credentials(cfg, env)
+    except KeyFileError as e:
+        return f"mode live reads credentials from the key file (run.keys_file), but: {e}"
+    missing = []
+    for vname, v in cfg.venues.items():
+        names, held = venue_credential_envs(v), stored.get(vname, {})
+        for field in quirks(venue_ccxt_id(v)).credentials:
+            name = names.get(field)
+            if not (name and env.get(name)) and not held.get(field):
+                missing.append(f"${name} (venue {vname}, {field})" if name else f"venue {vname}'s {field}")
+    if not missing:
+        return None
+    if cfg.run.keys_file is None:
         return ("mode live needs every venue's credentials, but these environment variables are "
                 f"unset or empty: {', '.join(missing)}")
-    return None
+    return ("mode live needs every venue's credentials, but these are neither set in the environment nor "
+            f"held by the key file {cfg.run.keys_file}: {', '.join(missing)}")
 
 
 def make_ccxt_venue(name: str, v: VenueConfig, *, read_only: bool = False,
-                    clock: Callable[[], int] = now_ns) -> CcxtVenue:
+                    clock: Callable[[], int] = now_ns, stored: Mapping[str, str] | None = None) -> CcxtVenue:
     """The ccxt venue of one configured venue (no I/O: markets load at connect, from the venue or
-    from `ccxt_markets_file`); `read_only` for the venue a `ReadOnlyVenue` wraps."""
+    from `ccxt_markets_file`); `read_only` for the venue a `ReadOnlyVenue` wraps; `stored`: its
+    credential fields from the key file."""
     from perpbot.exec.venues.ccxt_venue import CcxtVenue
 
     markets: dict[str, Any] | None = None
@@ -99,7 +117,7 @@ def make_ccxt_venue(name: str, v: VenueConfig, *, read_only: bool = False,
             raise ConfigError(f"$.venues.{name}.ccxt_markets_file", str(e)) from None
     envs = venue_credential_envs(v)
     return CcxtVenue(name, venue_ccxt_id(v), v.symbols, credential_envs=envs or None,
-                     markets=markets, read_only=read_only, clock=clock)
+                     stored_credentials=stored, markets=markets, read_only=read_only, clock=clock)
 
 
 class ReadOnlyVenue(Venue):
@@ -178,10 +196,15 @@ def make_venues(cfg: Config, board: QuoteBoard, *, clock: Callable[[], int] = no
         return [PaperVenue(name, i, cfg, board, clock=clock,
                            ledger_path=None if ledger_dir is None else ledger_dir / f"{name}.jsonl")
                 for i, name in enumerate(cfg.venue_names)]
+    if cfg.mode in CCXT_MODES:
+        from perpbot.keys import stored_credentials
+
+        stored = stored_credentials(cfg)  # decrypted once, here; {} without run.keys_file
     if cfg.mode == "readonly":
-        return [ReadOnlyVenue(make_ccxt_venue(name, v, read_only=True, clock=clock), clock=clock)
+        return [ReadOnlyVenue(make_ccxt_venue(name, v, read_only=True, clock=clock, stored=stored.get(name)),
+                              clock=clock)
                 for name, v in cfg.venues.items()]
     if cfg.mode == "live":
-        return [make_ccxt_venue(name, v, clock=clock) for name, v in cfg.venues.items()]
+        return [make_ccxt_venue(name, v, clock=clock, stored=stored.get(name)) for name, v in cfg.venues.items()]
     raise ConfigError("$.mode", f"mode {cfg.mode!r} has no trading venue; "
                       f"allowed: {', '.join(PAPER_MODES + CCXT_MODES)}")
