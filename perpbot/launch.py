@@ -11,7 +11,9 @@ journal and the venues; then the trading state in force before the crash is
 restored (unless someone paused, resumed or killed meanwhile). A crash loop
 halts trading and ends the run. Ctrl-C, SIGTERM, `--duration` or the death of
 the market stop everything in reverse order; the segments and the run directory are
-removed at exit whatever happened. A summary is printed at the end.
+removed at exit whatever happened. A summary is printed at the end. What a launcher
+killed outright (SIGKILL) could not remove, the next start does: segments and run
+directories of runs whose launcher is gone, named in its log and a process_crash alert.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import msgspec
+import numpy as np
 import orjson
+import psutil
 import zmq
 
 from perpbot import bus
@@ -41,8 +45,17 @@ from perpbot.events import EventType
 from perpbot.logs import secret_values, setup_logging
 from perpbot.runctx import CONFIG_COPY, RISK_FILE, RUN_FILE, run_root, write_run_file
 from perpbot.shm import QuoteBoard, StatusBoard
-from perpbot.shm.layout import ProcError, ProcState, Role, TradingState, segment_names
-from perpbot.shm.segment import find_stale_segments, remove_segment
+from perpbot.shm.layout import (
+    BOARD_MAGIC,
+    HEADER_DTYPE,
+    STATUS_MAGIC,
+    ProcError,
+    ProcState,
+    Role,
+    TradingState,
+    segment_names,
+)
+from perpbot.shm.segment import SHM_DIR, find_stale_segments, remove_segment
 from perpbot.sim.process import read_market_file
 from perpbot.summary import format_summary, run_summary, status_report
 
@@ -122,11 +135,13 @@ class Launcher:
         self.watched: list[tuple[str, dict[str, Any]]] = []
         #: set while a crashed exec is down or recovering
         self.recovery: Recovery | None = None
+        #: what launchers that died without cleaning up left behind, removed by `prepare`
+        self.stale_runs: list[StaleRun] = []
 
     # -- set-up -------------------------------------------------------------------
 
     def prepare(self) -> None:
-        _remove_stale_runs(self.run_dir.parent)
+        self.stale_runs = _remove_stale_runs(self.run_dir.parent)
         self.run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.run_dir.parent, 0o700)
         self.run_dir.mkdir(mode=0o700)
@@ -149,6 +164,10 @@ class Launcher:
         xsub.bind(ep.events_in)
         xpub = bus.socket(self.zctx, zmq.XPUB, bus.EVENT_HWM)
         xpub.bind(ep.events)
+        # publishers send only what someone subscribed to: the launcher subscribes to the events it
+        # raises alerts from itself, so they flow whether or not any reader is attached
+        for topic in WATCHED_TOPICS:
+            xsub.send(b"\x01" + topic)
         self.sockets = {"control": ctl, "xsub": xsub, "xpub": xpub}
         for sink in cfg.alerts.sinks:
             if sink.kind == "bell":
@@ -165,6 +184,14 @@ class Launcher:
                 self.zctx, cfg.run.control_tcp, secret.encode(),
                 [k.encode() for k in cfg.run.curve_client_public_keys])
             self.sockets["control_tcp"] = tcp
+
+    def report_stale_runs(self) -> None:
+        """Log (and alert) what `prepare` removed of runs whose launcher died without cleaning up."""
+        for run in self.stale_runs:
+            log.warning("%s", run.describe())
+            if run.segments:  # only a launcher that died while running leaves segments
+                self.alerter.alert("process_crash", run.describe(), key=f"launcher {run.run_id}",
+                                   process="launcher", run=run.run_id)
 
     def _publish_alert(self, alert: Alert) -> None:
         xpub = self.sockets.get("xpub")
@@ -379,9 +406,12 @@ class Launcher:
             elif sock is s["xpub"]:
                 while True:  # subscriptions travel upstream to the publishers
                     try:
-                        s["xsub"].send_multipart(s["xpub"].recv_multipart(zmq.NOBLOCK))
+                        msg = s["xpub"].recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                    if msg[0][:1] == b"\x00" and msg[0][1:] in WATCHED_TOPICS:
+                        continue  # a reader leaving must not cancel the launcher's own subscription
+                    s["xsub"].send_multipart(msg)
             else:  # the ipc control socket, or the CURVE-secured tcp one
                 self._control(sock)
 
@@ -563,23 +593,97 @@ class Interrupted(PerpBotError):
     pass
 
 
-def _remove_stale_runs(root: Path) -> None:
-    """Segments and run directories left by a launcher that died without cleaning up."""
-    for name in find_stale_segments():
+#: a live pid whose process started this much after a segment was made is not its launcher
+#: (psutil's start times come from the boot time, which /proc gives in whole seconds)
+PID_REUSE_SLACK_S = 2.0
+
+
+def _segment_owner(path: Path) -> tuple[int, float] | None:
+    """(owner pid, creation time in epoch seconds) from a PerpBot segment's header; None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_DTYPE.itemsize)
+    except OSError:
+        return None
+    if len(raw) < HEADER_DTYPE.itemsize:
+        return None
+    hdr = np.frombuffer(raw, HEADER_DTYPE, count=1)[0]
+    if hdr["magic"] not in (BOARD_MAGIC, STATUS_MAGIC) or int(hdr["owner_pid"]) <= 0:
+        return None  # being created (the magic is written last), or not ours
+    return int(hdr["owner_pid"]), int(hdr["created_ns"]) / 1e9
+
+
+def _not_the_launcher(pid: int, since_s: float) -> bool:
+    """True when `pid` is alive but cannot be the launcher that was there at `since_s` (epoch s):
+    a zombie (dead, not yet reaped by its parent), or a process started later (the pid was reused)."""
+    try:
+        p = psutil.Process(pid)
+        return p.status() == psutil.STATUS_ZOMBIE or p.create_time() > since_s + PID_REUSE_SLACK_S
+    except psutil.Error:
+        return False  # gone meanwhile (the dead-owner check catches it next time) or not ours to judge
+
+
+def _run_of_segment(name: str) -> str:
+    base = name.removeprefix("perpbot-")
+    for suffix in ("-board", "-status"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+@dataclass
+class StaleRun:
+    """What a launcher that died without cleaning up left behind, removed at the next start."""
+
+    run_id: str
+    launcher_pid: int | None
+    segments: list[str] = field(default_factory=list)
+    run_dir: bool = False
+
+    def describe(self) -> str:
+        who = f" (pid {self.launcher_pid})" if self.launcher_pid else ""
+        what = [f"shared-memory segments {', '.join(self.segments)}"] if self.segments else []
+        if self.run_dir:
+            what.append("its run directory")
+        return f"the launcher of run {self.run_id}{who} is gone; removed {' and '.join(what)}"
+
+
+def _remove_stale_runs(root: Path) -> list[StaleRun]:
+    """Segments and run directories left by a launcher that died without cleaning up (kill -9).
+
+    A segment is orphaned when the launcher that created it (the owner pid in its header) is
+    dead, a zombie, or when that pid now belongs to a process started after the segment was
+    made (the pid was reused). Returns what was removed, per run, for the log and an alert.
+    """
+    stale: dict[str, StaleRun] = {}
+    orphans = set(find_stale_segments())
+    if SHM_DIR.is_dir():
+        for p in SHM_DIR.glob("perpbot-*"):
+            owner = _segment_owner(p)
+            if p.name not in orphans and owner is not None and _not_the_launcher(*owner):
+                orphans.add(p.name)
+    for name in sorted(orphans):
+        owner = _segment_owner(SHM_DIR / name)
         remove_segment(name)
-        log.warning("removed stale shared-memory segment %s", name)
-    if not root.is_dir():
-        return
-    for d in root.iterdir():
-        pid_file = d / PID_FILE
-        if not (d / RUN_FILE).exists() and not pid_file.exists():
-            continue
-        try:
-            pid = int(pid_file.read_text())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            shutil.rmtree(d, ignore_errors=True)
-            log.warning("removed stale run directory %s", d.name)
+        rid = _run_of_segment(name)
+        run = stale.setdefault(rid, StaleRun(rid, owner[0] if owner else None))
+        run.segments.append(name)
+    if root.is_dir():
+        for d in root.iterdir():
+            pid_file = d / PID_FILE
+            if not (d / RUN_FILE).exists() and not pid_file.exists():
+                continue
+            pid: int | None = None
+            try:
+                pid = int(pid_file.read_text())
+                os.kill(pid, 0)
+                if _not_the_launcher(pid, pid_file.stat().st_mtime):
+                    raise ProcessLookupError(pid)
+            except (OSError, ValueError):
+                shutil.rmtree(d, ignore_errors=True)
+                run = stale.setdefault(d.name, StaleRun(d.name, pid))
+                run.run_dir = True
+    return list(stale.values())
 
 
 def _tail(path: Path | None, n: int = 15) -> str:
@@ -628,6 +732,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         launcher.prepare()
         setup_logging("launcher", launcher.data_dir, secrets=secret_values(cfg), console_level="WARNING")
+        launcher.report_stale_runs()
         print(f"run {launcher.run_id}: {len(cfg.venues)} venues x {len(cfg.symbols)} symbols, mode {cfg.mode}; "
               f"journal and logs in {launcher.data_dir}", flush=True)
         launcher.start_children()

@@ -319,14 +319,23 @@ class Engine:
         exposure that nothing hedges.
         """
         self._closed = True
+        await self.level_legs("stopping")
+        await self.capital_settled()
+
+    async def level_legs(self, why: str) -> int:
+        """Unwind every trade whose legs differ, now; returns how many were left uneven.
+
+        Called when stopping, and by a restarted exec right after recovery, before
+        the slower start-up reads: a leg the crash left naked is not left waiting.
+        """
         async with self._lock:
             for trade in list(self.trades.values()):
                 if not trade.balanced and not self._status.halted():
-                    self._log.warning("stopping: trade %d legs differ (long %s, short %s); unwinding",
+                    self._log.warning("%s: trade %d legs differ (long %s, short %s); unwinding", why,
                                       trade.trade_id, trade.long_qty, trade.short_qty)
                     if await self._unwind(trade):
                         self._settle(trade, "unwind")
-        await self.capital_settled()
+            return sum(1 for t in self.trades.values() if not t.balanced)
 
     def note_superseded(self, opp: Opportunity, ts_recv_ns: int) -> None:
         """An opportunity dropped unread because a newer one for the same pair came with it."""
@@ -1165,14 +1174,15 @@ class Engine:
 
     async def refresh_funding(self) -> None:
         """Read funding rates, and book the payments the venues report on our positions."""
-        for v, venue in enumerate(self._venues):
-            for s, name in enumerate(self._snames):
-                if self._markets[v][s] is None or not self._may_read(v):
-                    continue
-                try:
-                    self.funding[(v, s)] = await venue.funding_rate(name)
-                except Exception as e:  # keep the last known rate
-                    self._log.warning("funding rate of %s on %s: %r", name, self._vnames[v], e)
+        async def rate(v: int, s: int) -> None:
+            try:
+                self.funding[(v, s)] = await self._venues[v].funding_rate(self._snames[s])
+            except Exception as e:  # keep the last known rate
+                self._log.warning("funding rate of %s on %s: %r", self._snames[s], self._vnames[v], e)
+
+        # all at once: one round trip for the lot, not one per venue and symbol
+        await asyncio.gather(*(rate(v, s) for v in range(len(self._venues)) for s in range(len(self._snames))
+                               if self._markets[v][s] is not None and self._may_read(v)))
         since = self._funding_since_ms
         async with self._lock:
             for v, venue in enumerate(self._venues):

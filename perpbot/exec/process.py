@@ -207,6 +207,9 @@ class ExecProcess:
             if (ctx.run_dir / RISK_FILE).exists():  # limits reloaded before a crash still hold
                 _load_risk(ctx, engine, log)
             await recover_engine(engine, journal, venues, log)
+            # a leg the crash left naked is unwound before the slower start-up reads (clock, balances)
+            if await engine.level_legs("recovered"):
+                log.error("recovered: a trade's legs still differ; the check loop keeps unwinding it")
             clocks = ClockSync(venues, cfg.exec.clock_sync_interval_s, cfg.exec.max_clock_offset_ms,
                                log)
             await clocks.sync_all()

@@ -46,17 +46,30 @@ LOOPBACK_MODES = ("demo", "replay")
 HIST_SAMPLE_MASK = 7
 
 
+def is_replay(q: BBO, last: BBO) -> bool:
+    """True for a quote that brings nothing newer than `last` (the last written on this connection):
+    stamped before it by the venue, or the same stamp with the same prices and sizes (a frozen book
+    sent again). Quotes without a venue stamp (0) are always news."""
+    ts, ts_last = q[5], last[5]
+    if not ts or not ts_last:
+        return False
+    if ts < ts_last:
+        return True
+    return ts == ts_last and q[1:5] == last[1:5]
+
+
 class FeedStats:
     """Process-local counters, flushed to the status segment on the heartbeat."""
 
-    __slots__ = ("error_kinds", "frames", "parse_errors", "pongs", "quotes", "reconnects", "resyncs",
-                 "unknown_symbols")
+    __slots__ = ("error_kinds", "frames", "parse_errors", "pongs", "quotes", "reconnects", "replayed",
+                 "resyncs", "unknown_symbols")
 
     def __init__(self) -> None:
         self.frames = 0
         self.quotes = 0
         self.parse_errors = 0
         self.unknown_symbols = 0
+        self.replayed = 0  # quotes older than, or repeating, the last one written: not written
         self.reconnects = 0
         self.resyncs = 0
         self.pongs = 0
@@ -110,6 +123,9 @@ class VenueFeed:
         self._quote_interval_ns = cfg.feed.quote_event_interval_ms * 1_000_000 or 2**62
         #: per board symbol index, when its next QUOTE_UPDATED event is due
         self.next_event_ns = [0 if cfg.feed.quote_event_interval_ms and publisher else 2**62] * len(cfg.symbol_names)
+        #: the last quote written per board symbol: a replayed or older one carries no news, and
+        #: writing it would make a frozen book look fresh (the board's age is our receive time)
+        self.last_quote: list[BBO | None] = [None] * len(cfg.symbol_names)
 
     def refresh_state(self) -> None:
         """CONNECTED only while every connection is up; DOWN as soon as one is not."""
@@ -215,6 +231,12 @@ class Connection(picows.WSListener):
         self.parse = self.feed.spec.make_parser(self.feed.parser_context)
         self.transport = transport
         self.last_progress_ns = now_ns()
+        # the first quote after a (re)subscription is news even if unchanged: the venue confirms
+        # its book; only repeats on a live connection are a frozen book
+        for sym in self.symbols:
+            m = self._sym_get(sym)
+            if m is not None:
+                self.feed.last_quote[m[0]] = None
         for frame in self.feed.spec.subscribe(self.symbols):
             transport.send(picows.WSMsgType.TEXT, frame)
         self.feed.refresh_state()
@@ -254,12 +276,22 @@ class Connection(picows.WSListener):
         except Exception as e:
             self.feed.bad_frame(f"parser_bug_{type(e).__name__}", repr(e), payload)
             return
+        last_quote = self.feed.last_quote
         for q in parsed:
             m = self._sym_get(q[0])
             if m is None:
                 self.feed.stats.unknown_symbols += 1
                 continue
             idx = m[0]
+            last = last_quote[idx]
+            if last is not None and is_replay(q, last):
+                st = self.feed.stats
+                st.replayed += 1
+                if st.replayed & (st.replayed - 1) == 0:  # 1, 2, 4, 8...: said, not flooded
+                    log.warning("%s: %d quotes not written: older than, or the same as, the last one "
+                                "(%s at venue time %d)", self.feed.venue, st.replayed, q[0], q[5])
+                continue
+            last_quote[idx] = q
             ts_write = self._write(idx, q[1], q[2], q[3], q[4], q[5], t_recv)
             if not n & HIST_SAMPLE_MASK:
                 self._hist_add(ts_write - t_recv)
