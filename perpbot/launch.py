@@ -472,16 +472,25 @@ class Launcher:
         # whose check preceded this stamp, so command->halt is the time to the last possible order
         reply["halt_ns"] = halt_ns
         reply["command_to_halt_us"] = (halt_ns - t_recv) / 1000
+        exec_ = next((c for c in self.children if c.name == "exec"), None)
+        exec_down = exec_ is None or exec_.proc is None or exec_.proc.poll() is not None
         done = self._await(lambda: int(st.glob["cancel_done_ns"]) >= halt_ns, KILL_CANCEL_TIMEOUT_S)
         reply["command_to_cancelled_us"] = (int(st.glob["cancel_done_ns"]) - t_recv) / 1000 if done else None
+        if done:
+            said = f", open orders cancelled after {reply['command_to_cancelled_us']:.0f} us"
+        elif exec_down:
+            # the halt flag outlives exec: the restarted exec sees it and cancels before anything else
+            said = "; exec is down: it cancels open orders when it is back, and sends nothing"
+        else:
+            said = "; exec did not confirm cancellation"
         self.out.write(f"KILL received: trading halted {reply['command_to_halt_us']:.1f} us after the command"
-                       + (f", open orders cancelled after {reply['command_to_cancelled_us']:.0f} us" if done
-                          else "; exec did not confirm cancellation") + "\n")
+                       + said + "\n")
         self.out.flush()
         if not done:
             reply["ok"] = False
-            reply["error"] = ("halted, but exec did not confirm cancelling open orders within "
-                              f"{KILL_CANCEL_TIMEOUT_S:g} s")
+            reply["error"] = ("halted; exec is down and cancels open orders when it is back" if exec_down
+                              else "halted, but exec did not confirm cancelling open orders within "
+                                   f"{KILL_CANCEL_TIMEOUT_S:g} s")
         return reply
 
     def _daily_loss_limit(self) -> None:
