@@ -241,10 +241,15 @@ class Launcher:
         """Restart a restartable child with backoff; a crash loop halts trading; anything else ends the run."""
         assert c.proc is not None and self.status is not None
         code = c.proc.returncode
-        if int(self.status.procs[c.slot]["last_error"]) == ProcError.POSITION_MISMATCH:
+        why = int(self.status.procs[c.slot]["last_error"])
+        if why == ProcError.POSITION_MISMATCH:
             self.alerter.alert("position_mismatch", f"{c.name}: venue positions disagree with the journal; "
                                "it will not trade until they agree (see its log and the journal's incidents)",
                                key=c.name, process=c.name)
+        elif why == ProcError.JOURNAL_FAILED:
+            self.alerter.alert("process_crash", f"{c.name} exited with code {code}: its journal could not be "
+                               "written (disk full or read-only?); nothing was sent that was not journaled",
+                               key=c.name, process=c.name, returncode=code)
         else:
             self.alerter.alert("process_crash", f"{c.name} exited with code {code}", key=c.name,
                                process=c.name, returncode=code)
@@ -263,7 +268,9 @@ class Launcher:
         delay = min(RESTART_BASE_S * 2 ** (len(c.crashes) - 1), RESTART_MAX_S)
         c.restart_at = now + delay
         c.proc = None
-        self.out.write(f"{c.name} exited with code {code}; restarting in {delay:.1f} s "
+        reason = (": its journal could not be written (disk full or read-only?)"
+                  if why == ProcError.JOURNAL_FAILED else "")
+        self.out.write(f"{c.name} exited with code {code}{reason}; restarting in {delay:.1f} s "
                        f"(crash {len(c.crashes)} of {CRASH_LIMIT} allowed in {CRASH_WINDOW_S:g} s)"
                        + ("; trading PAUSED until it has recovered" if c.recovers else "") + "\n")
         self.out.flush()

@@ -51,9 +51,11 @@ synchronously (an asyncio socket would turn that into an unretrieved future).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -100,6 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     ctx = load_run(args.run_dir, args.slot)
     log = setup_logging("exec", ctx)
     return uvloop.run(ExecProcess(ctx, log).run())
+
+
+#: errors of a disk that cannot take the journal's writes
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EFBIG})
+
+
+def failure_code(exc: BaseException, default: ProcError) -> ProcError:
+    """Why exec stopped, for the launcher's alert: the journal (the only SQLite and file writer
+    here) failing is told apart, since nothing may be traded that cannot be journaled."""
+    if isinstance(exc, sqlite3.Error) or (isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS):
+        return ProcError.JOURNAL_FAILED
+    return default
 
 
 def newest_per_pair(
@@ -250,16 +264,22 @@ class ExecProcess:
             code = 1
             if status is not None:
                 status.procs[slot]["last_error"] = ProcError.POSITION_MISMATCH
-        except Exception:
+        except Exception as e:
             log.exception("exec failed")
             code = 1
             if status is not None:
-                status.procs[slot]["last_error"] = ProcError.START_FAILED
+                status.procs[slot]["last_error"] = failure_code(e, ProcError.START_FAILED)
         finally:
             if self._inflight:  # never close the journal under a running checkpoint
                 await asyncio.wait(self._inflight, timeout=DRAIN_TIMEOUT_S)
             if journal is not None:
-                journal.close()
+                try:
+                    journal.close()
+                except (sqlite3.Error, OSError) as e:  # a full or read-only disk: say so, release the rest
+                    log.error("journal %s could not be closed cleanly: %r", journal.path, e)
+                    code = 1
+                    if self._fault is None:
+                        self._fault = e
             for v in venues:
                 await v.close()
             if events is not None:
@@ -270,7 +290,7 @@ class ExecProcess:
             zctx.term()
             if status is not None:
                 if self._fault is not None:
-                    status.procs[slot]["last_error"] = ProcError.TASK_FAILED
+                    status.procs[slot]["last_error"] = failure_code(self._fault, ProcError.TASK_FAILED)
                 status.set_proc_state(slot, ProcState.FAULTED if code else ProcState.STOPPED)
                 status.close()
             if board is not None:

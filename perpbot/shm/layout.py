@@ -119,6 +119,7 @@ class ProcError(enum.IntEnum):
     TASK_FAILED = 1
     START_FAILED = 2
     POSITION_MISMATCH = 3  # exec: the venue's positions disagree with the journal
+    JOURNAL_FAILED = 4  # exec: the journal could not be written (disk full, read-only, I/O error)
 
 
 class TradeRingState(enum.IntEnum):
