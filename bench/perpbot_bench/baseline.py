@@ -70,7 +70,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, S
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import orjson
 import picows
@@ -88,7 +88,7 @@ from perpbot.exec.venues.paper import QUOTE_ASSET, PaperVenue
 from perpbot.feeds.process import HIST_SAMPLE_MASK, backoff_delays
 from perpbot.feeds.registry import get_feed
 from perpbot.feeds.spec import BBO, FeedSpec, ParseError, Parser, ParserContext, ResyncRequired
-from perpbot.scanner.edge import Edge, fee_multipliers, symbol_edge
+from perpbot.scanner.edge import Edge, TopOfBook, fee_multipliers, symbol_edge
 from perpbot.shm import QuoteBoard
 from perpbot.shm.board import BoardWriter
 from perpbot.shm.layout import FeedState, TradingState, segment_names
@@ -109,21 +109,6 @@ SUBPROCESS_GRACE_S = 60.0
 
 
 # -- what the path carries -----------------------------------------------------------------------
-
-
-class QuoteView(Protocol):
-    """What the scanner and exec read of a quote (the bus event, or a board `Quote`)."""
-
-    @property
-    def bid(self) -> float: ...
-    @property
-    def ask(self) -> float: ...
-    @property
-    def bid_size(self) -> float: ...
-    @property
-    def ask_size(self) -> float: ...
-    @property
-    def ts_recv_ns(self) -> int: ...
 
 
 class QuoteUpdated(NamedTuple):
@@ -391,7 +376,7 @@ class EdgeCheck:
     most once per `scanner.repeat_interval_ms`.
     """
 
-    def __init__(self, cfg: Config, quotes: list[list[QuoteView | None]], connected: list[bool]) -> None:
+    def __init__(self, cfg: Config, quotes: list[list[TopOfBook | None]], connected: list[bool]) -> None:
         sc = cfg.scanner
         self.quotes = quotes
         self.connected = connected
@@ -834,7 +819,7 @@ class Session:
         self.clock = clock
         self.rec = Recorder()
         n_v, n_s = len(cfg.venue_names), len(cfg.symbol_names)
-        self.quotes: list[list[QuoteView | None]] = [[None] * n_v for _ in range(n_s)]
+        self.quotes: list[list[TopOfBook | None]] = [[None] * n_v for _ in range(n_s)]
         self.connected = [False] * n_v
         self.specs = [get_feed(cfg.venues[v].feed) for v in cfg.venue_names]
         self.board: QuoteBoard | None = None

@@ -316,10 +316,6 @@ def test_every_order_sent_was_checked_and_approved(rig: Rig) -> None:
     assert g.sent == len(set(ids)) and g.sent + g.held == g.approved <= g.checked
 
 
-def _sent_types(r: Rig) -> list[tuple[str, OrderType]]:
-    return [(q.client_order_id, q.order_type) for v in r.venues for q in v.sent
-            if isinstance(q, OrderRequest)]
-
 
 def test_readonly_mode_journals_opportunities_and_sends_nothing(make_rig: Callable[..., Rig]) -> None:
     r = make_rig(mode="readonly")
