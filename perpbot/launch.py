@@ -572,7 +572,9 @@ class Launcher:
             except subprocess.TimeoutExpired:
                 self.monitor.kill()
                 self.monitor.wait()
-        for c in reversed(self.children):
+        # exec before the feeds: stopping, it unwinds any naked leg, which needs live quotes
+        order = sorted(reversed(self.children), key=lambda c: 0 if c.name in ("scanner", "exec") else 1)
+        for c in order:
             if c.proc is not None and c.proc.poll() is None:
                 c.proc.send_signal(signal.SIGTERM)
                 try:
